@@ -1,0 +1,129 @@
+//! The command line, as clap parses it. Doc comments here are the `--help` text.
+//! Secrets never have a default value and never come from an argument.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::datadog::Compression;
+
+/// Forward GitHub Actions workflow-run metrics to Datadog, once per run.
+#[derive(Debug, Parser)]
+#[command(name = "workflow-metrics", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// More detail on stderr (-v: info, -vv: debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send the completed runs of INPUT to Datadog, skipping those already sent.
+    Send(SendArgs),
+    /// Check the API key against Datadog and open (create, migrate) the ledger.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Files of workflow runs, or - for standard input. The shape is detected from the content:
+    /// REST list bodies (also as gh api --paginate [--slurp] prints them), run objects, arrays,
+    /// NDJSON, the workflow_run event payload, a github context dump, gh run list/view --json rows.
+    /// Without INPUT, the file named by $GITHUB_EVENT_PATH is read.
+    #[arg(value_name = "INPUT")]
+    pub inputs: Vec<String>,
+
+    /// Show what would be sent and skipped; no key needed, no network, the ledger is read but
+    /// never written.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// With --dry-run: keep the dry run's own record in this SQLite file (never the real ledger),
+    /// so the next dry run shows only what is new since this one.
+    #[arg(long, value_name = "PATH", requires = "dry_run")]
+    pub dry_run_record: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Prefix of every metric name.
+    #[arg(long, value_name = "PREFIX", default_value = "github.actions")]
+    pub metric_prefix: String,
+
+    /// Extra tag on every series, key:value (repeatable).
+    #[arg(long = "tag", value_name = "KEY:VALUE")]
+    pub tags: Vec<String>,
+
+    /// Repository (owner/name) of gh run list rows that carry no url.
+    #[arg(long, value_name = "OWNER/NAME")]
+    pub repo: Option<String>,
+
+    /// Runs completed longer ago than this are not sent with their real timestamp (Datadog drops
+    /// points older than one hour): they are recorded as too old. Seconds, or with a unit: 45m, 1h.
+    #[arg(long, value_name = "DURATION", default_value = "45m")]
+    pub max_age: String,
+
+    /// Send runs older than --max-age with their real timestamps anyway (for accounts with
+    /// Datadog's historical metrics ingestion).
+    #[arg(long, conflicts_with = "stamp_now")]
+    pub historical: bool,
+
+    /// Stamp runs older than --max-age with the send time instead (the ledger still sends each
+    /// run once).
+    #[arg(long)]
+    pub stamp_now: bool,
+
+    /// Body compression.
+    #[arg(long, value_enum, default_value_t = Compression::Zstd)]
+    pub compression: Compression,
+
+    /// Most runs in one request (requests are also cut by Datadog's size limits).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub batch_size: usize,
+
+    /// Folder of the run logs.
+    #[arg(long, value_name = "DIR", default_value = "log")]
+    pub log_dir: PathBuf,
+
+    /// Print the closing summary as JSON on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// The ledger of runs already sent (SQLite; created with its folder on first use).
+    #[arg(long, value_name = "PATH", default_value = "cache/metrics.db")]
+    pub ledger: PathBuf,
+
+    /// Datadog site.
+    #[arg(long, env = "DD_SITE", value_name = "SITE", default_value = "datadoghq.com")]
+    pub site: String,
+
+    /// API base URL instead of https://api.<site> (proxies, tests).
+    #[arg(long, value_name = "URL")]
+    pub api_url: Option<String>,
+
+    /// Read the API key from this file instead of the DD_API_KEY environment variable.
+    #[arg(long, value_name = "PATH")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// Timeout of one HTTP request, seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub request_timeout: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}

@@ -1,0 +1,254 @@
+//! Validated configuration, built once from the command line and the environment. The only
+//! module besides `cli` that reads the environment (`DD_API_KEY`, `GITHUB_EVENT_PATH`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cli::{CheckArgs, CommonArgs, OutputFormat, SendArgs};
+use crate::datadog::{self, ApiKey, Compression};
+use crate::metrics::{self, SeriesSpec};
+use crate::source::Input;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "no Datadog API key: set DD_API_KEY, or pass --api-key-file PATH (use --dry-run to preview without a key)"
+    )]
+    MissingApiKey,
+    #[error("cannot read the API key file {path}")]
+    ApiKeyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the API key file {path} is empty")]
+    EmptyApiKeyFile { path: PathBuf },
+    #[error("unknown Datadog site {site:?}; expected one of {}", datadog::SITES.join(", "))]
+    UnknownSite { site: String },
+    #[error("--api-url {url:?} is not an http:// or https:// URL")]
+    ApiUrl { url: String },
+    #[error("no INPUT given and GITHUB_EVENT_PATH is not set: name files of workflow runs, or - for standard input")]
+    NoInput,
+    #[error("standard input (-) can be read only once")]
+    StdinTwice,
+    #[error("--repo {value:?} is not owner/name")]
+    Repo { value: String },
+    #[error("--tag {value:?} is not a valid Datadog tag key:value (the key starts with a letter)")]
+    Tag { value: String },
+    #[error("--metric-prefix {value:?} must start with a letter and hold only letters, digits, _ and . (at most 150 characters)")]
+    Prefix { value: String },
+    #[error("--max-age {value:?} is not a duration (seconds, or a number with s, m or h), or is over 1h")]
+    MaxAge { value: String },
+    #[error("--batch-size must be between 1 and 100000")]
+    BatchSize,
+    #[error("--request-timeout must be between 1 and 600 seconds")]
+    Timeout,
+}
+
+/// Where and how to reach Datadog.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub base_url: String,
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct SendConfig {
+    pub inputs: Vec<Input>,
+    pub dry_run: bool,
+    pub dry_run_record: Option<PathBuf>,
+    pub ledger: PathBuf,
+    pub log_dir: PathBuf,
+    pub endpoint: Endpoint,
+    /// `None` only in a dry run.
+    pub api_key: Option<ApiKey>,
+    pub spec: SeriesSpec,
+    pub default_repo: Option<(String, String)>,
+    pub max_age: Duration,
+    pub historical: bool,
+    pub stamp_now: bool,
+    pub compression: Compression,
+    pub batch_size: usize,
+    pub output: OutputFormat,
+}
+
+#[derive(Debug)]
+pub struct CheckConfig {
+    pub ledger: PathBuf,
+    pub endpoint: Endpoint,
+    pub api_key: ApiKey,
+}
+
+impl SendConfig {
+    /// # Errors
+    /// Any argument that does not hold, or a live run without an API key.
+    pub fn from_args(args: SendArgs) -> Result<SendConfig, ConfigError> {
+        let endpoint = endpoint(&args.common)?;
+        let api_key = if args.dry_run { None } else { Some(api_key(&args.common)?) };
+        let inputs = inputs(&args.inputs, std::env::var_os("GITHUB_EVENT_PATH").map(PathBuf::from))?;
+        let default_repo = match &args.repo {
+            Some(value) => {
+                Some(metrics::split_full_name(value).ok_or_else(|| ConfigError::Repo { value: value.clone() })?)
+            }
+            None => None,
+        };
+        let extra_tags = args.tags.iter().map(|tag| user_tag(tag)).collect::<Result<Vec<_>, _>>()?;
+        let prefix = prefix(&args.metric_prefix)?;
+        let max_age = parse_duration(&args.max_age)
+            .filter(|age| *age <= Duration::from_secs(3600))
+            .ok_or_else(|| ConfigError::MaxAge { value: args.max_age.clone() })?;
+        if !(1..=100_000).contains(&args.batch_size) {
+            return Err(ConfigError::BatchSize);
+        }
+        Ok(SendConfig {
+            inputs,
+            dry_run: args.dry_run,
+            dry_run_record: args.dry_run_record,
+            ledger: args.common.ledger,
+            log_dir: args.log_dir,
+            endpoint,
+            api_key,
+            spec: SeriesSpec { prefix, extra_tags },
+            default_repo,
+            max_age,
+            historical: args.historical,
+            stamp_now: args.stamp_now,
+            compression: args.compression,
+            batch_size: args.batch_size,
+            output: args.output,
+        })
+    }
+}
+
+impl CheckConfig {
+    /// # Errors
+    /// A bad site or URL, or no API key.
+    pub fn from_args(args: CheckArgs) -> Result<CheckConfig, ConfigError> {
+        Ok(CheckConfig {
+            endpoint: endpoint(&args.common)?,
+            api_key: api_key(&args.common)?,
+            ledger: args.common.ledger,
+        })
+    }
+}
+
+fn endpoint(common: &CommonArgs) -> Result<Endpoint, ConfigError> {
+    let base_url = match &common.api_url {
+        Some(url) => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::ApiUrl { url: url.clone() });
+            }
+            url.trim_end_matches('/').to_owned()
+        }
+        None => {
+            let site = common.site.trim().trim_start_matches("api.").to_owned();
+            if !datadog::SITES.contains(&site.as_str()) {
+                return Err(ConfigError::UnknownSite { site: common.site.clone() });
+            }
+            datadog::site_url(&site)
+        }
+    };
+    if !(1..=600).contains(&common.request_timeout) {
+        return Err(ConfigError::Timeout);
+    }
+    Ok(Endpoint { base_url, request_timeout: Duration::from_secs(common.request_timeout) })
+}
+
+fn api_key(common: &CommonArgs) -> Result<ApiKey, ConfigError> {
+    if let Some(path) = &common.api_key_file {
+        return read_key_file(path);
+    }
+    match std::env::var("DD_API_KEY") {
+        Ok(key) if !key.trim().is_empty() => Ok(ApiKey::new(key.trim().to_owned())),
+        _ => Err(ConfigError::MissingApiKey),
+    }
+}
+
+fn read_key_file(path: &Path) -> Result<ApiKey, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::ApiKeyFile { path: path.to_owned(), source })?;
+    let key = text.trim();
+    if key.is_empty() {
+        return Err(ConfigError::EmptyApiKeyFile { path: path.to_owned() });
+    }
+    Ok(ApiKey::new(key.to_owned()))
+}
+
+fn inputs(args: &[String], event_path: Option<PathBuf>) -> Result<Vec<Input>, ConfigError> {
+    if args.is_empty() {
+        return event_path.map(|path| vec![Input::File(path)]).ok_or(ConfigError::NoInput);
+    }
+    if args.iter().filter(|arg| *arg == "-").count() > 1 {
+        return Err(ConfigError::StdinTwice);
+    }
+    Ok(args.iter().map(|arg| Input::from_arg(arg)).collect())
+}
+
+fn user_tag(value: &str) -> Result<String, ConfigError> {
+    let error = || ConfigError::Tag { value: value.to_owned() };
+    let (key, rest) = value.split_once(':').ok_or_else(error)?;
+    if !key.chars().next().is_some_and(char::is_alphabetic) || rest.is_empty() {
+        return Err(error());
+    }
+    Ok(metrics::normalise_tag(value))
+}
+
+fn prefix(value: &str) -> Result<String, ConfigError> {
+    let valid = value.len() <= 150
+        && value.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        && !value.ends_with('.');
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err(ConfigError::Prefix { value: value.to_owned() })
+    }
+}
+
+/// `90`, `90s`, `45m`, `1h`.
+fn parse_duration(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let (number, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => value.split_at(at),
+        None => (value, "s"),
+    };
+    let number: u64 = number.parse().ok()?;
+    let seconds = match unit {
+        "s" => number,
+        "m" => number.checked_mul(60)?,
+        "h" => number.checked_mul(3600)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("45m"), Some(Duration::from_secs(2700)));
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("5d"), None);
+        assert_eq!(parse_duration("m"), None);
+    }
+
+    #[test]
+    fn user_tags_and_prefixes() {
+        assert_eq!(user_tag("Team:CI Ops").unwrap(), "team:ci_ops");
+        assert!(user_tag("nocolon").is_err());
+        assert!(user_tag("1a:b").is_err());
+        assert!(prefix("github.actions").is_ok());
+        assert!(prefix("9x").is_err());
+        assert!(prefix("a b").is_err());
+    }
+
+    #[test]
+    fn inputs_default_to_the_event_path() {
+        assert_eq!(inputs(&[], Some("/e.json".into())).unwrap(), [Input::File("/e.json".into())]);
+        assert!(matches!(inputs(&[], None), Err(ConfigError::NoInput)));
+        assert!(matches!(inputs(&["-".into(), "-".into()], None), Err(ConfigError::StdinTwice)));
+    }
+}

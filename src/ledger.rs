@@ -1,0 +1,402 @@
+//! The SQLite ledger of runs already handled. The only module that knows SQL.
+//!
+//! Tables (schema version 1, tracked by `PRAGMA user_version`):
+//! - `sent_metrics`: one row per run key Datadog confirmed with a 2xx; `point_key` lets a later
+//!   request sum its counts on top of runs already sent (see `metrics::SeriesSpec::series`).
+//! - `skipped_runs`: runs recorded apart from the sent ones, with a reason (`too_old`), so they are
+//!   not reconsidered on every invocation.
+//!
+//! Migrations are an ordered list applied inside one exclusive transaction; old entries are never
+//! edited. Look-ups of a batch are one query over an `rarray` of keys (one bound parameter, no
+//! SQLite variable limit), marks are one transaction per confirmed request.
+//!
+//! A dry run opens an in-memory database (or the user's separate dry-run record) as `main` and
+//! attaches the real ledger read-only as `base`: reads see both, writes only touch `main`, so the
+//! real ledger is never written.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
+
+/// Ordered migrations; entry N takes the schema from version N to N+1.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE sent_metrics (
+         run_key      TEXT PRIMARY KEY,
+         point_key    INTEGER NOT NULL,
+         completed_at INTEGER NOT NULL,
+         sent_at      INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE INDEX sent_metrics_point_key ON sent_metrics (point_key);
+     CREATE TABLE skipped_runs (
+         run_key      TEXT PRIMARY KEY,
+         reason       TEXT NOT NULL,
+         completed_at INTEGER NOT NULL,
+         recorded_at  INTEGER NOT NULL
+     ) WITHOUT ROWID;",
+];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("failed to create the ledger folder {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to open ledger at {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("ledger at {path} has schema version {found}, newer than this binary knows ({SCHEMA_VERSION}); upgrade workflow-metrics")]
+    TooNew { path: PathBuf, found: i64 },
+    #[error("ledger at {path} has schema version {found}; a dry run does not migrate it: run `workflow-metrics check` once to upgrade it")]
+    NeedsMigration { path: PathBuf, found: i64 },
+    #[error("ledger at {path}: {action} failed")]
+    Query {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+/// What the ledger knows of one run key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyState {
+    Unknown,
+    Sent,
+    SkippedTooOld,
+}
+
+/// A run confirmed by Datadog, to be marked.
+#[derive(Clone, Debug)]
+pub struct SentRun<'a> {
+    pub run_key: &'a str,
+    pub point_key: i64,
+    pub completed_at: i64,
+}
+
+pub struct Ledger {
+    connection: Connection,
+    path: PathBuf,
+    dry_run: bool,
+}
+
+impl Ledger {
+    /// Opens (creating it and its folder if needed) and migrates the ledger at `path`.
+    ///
+    /// # Errors
+    /// The folder cannot be created, the file is not a SQLite database, or its schema is newer
+    /// than this binary's.
+    pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
+        if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|source| LedgerError::CreateDir { path: parent.to_owned(), source })?;
+        }
+        let open_error = |source| LedgerError::Open { path: path.to_owned(), source };
+        let mut connection = Connection::open(path).map_err(open_error)?;
+        configure(&connection).map_err(open_error)?;
+        migrate(&mut connection, path)?;
+        create_views(&connection, false).map_err(open_error)?;
+        Ok(Ledger { connection, path: path.to_owned(), dry_run: false })
+    }
+
+    /// Opens the ledger for a dry run: the real ledger at `path` is attached read-only (if it
+    /// exists) and every write goes to `record` (a separate file kept between dry runs) or to
+    /// memory.
+    ///
+    /// # Errors
+    /// As [`Ledger::open`]; also a real ledger whose schema is older than this binary's.
+    pub fn open_dry_run(path: &Path, record: Option<&Path>) -> Result<Ledger, LedgerError> {
+        let mut ledger = match record {
+            Some(record) => Ledger::open(record)?,
+            None => {
+                let open_error = |source| LedgerError::Open { path: PathBuf::from(":memory:"), source };
+                let mut connection = Connection::open_in_memory().map_err(open_error)?;
+                migrate(&mut connection, Path::new(":memory:"))?;
+                Ledger { connection, path: path.to_owned(), dry_run: true }
+            }
+        };
+        ledger.dry_run = true;
+        ledger.path = path.to_owned();
+        let open_error = |source| LedgerError::Open { path: path.to_owned(), source };
+        let has_base = path.exists();
+        if has_base {
+            let uri = format!("file:{}?mode=ro", uri_path(path));
+            ledger.connection.execute("ATTACH DATABASE ?1 AS base", [uri]).map_err(open_error)?;
+            let found: i64 =
+                ledger.connection.query_row("PRAGMA base.user_version", [], |row| row.get(0)).map_err(open_error)?;
+            if found > SCHEMA_VERSION {
+                return Err(LedgerError::TooNew { path: path.to_owned(), found });
+            }
+            if found < SCHEMA_VERSION {
+                return Err(LedgerError::NeedsMigration { path: path.to_owned(), found });
+            }
+        }
+        create_views(&ledger.connection, has_base).map_err(open_error)?;
+        Ok(ledger)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What the ledger knows of each key, in the order given: one query for the whole batch.
+    ///
+    /// # Errors
+    /// The query fails (locked beyond the busy timeout, disk error).
+    pub fn states(&self, keys: &[&str]) -> Result<Vec<KeyState>, LedgerError> {
+        let array: Rc<Vec<Value>> = Rc::new(keys.iter().map(|key| Value::Text((*key).to_owned())).collect());
+        let query = || -> rusqlite::Result<Vec<KeyState>> {
+            let mut statement = self.connection.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM temp.all_sent s WHERE s.run_key = k.value),
+                        EXISTS (SELECT 1 FROM temp.all_skipped t WHERE t.run_key = k.value AND t.reason = 'too_old')
+                 FROM rarray(?1) AS k",
+            )?;
+            let rows = statement.query_map([array.clone()], |row| {
+                Ok(match (row.get::<_, bool>(0)?, row.get::<_, bool>(1)?) {
+                    (true, _) => KeyState::Sent,
+                    (false, true) => KeyState::SkippedTooOld,
+                    (false, false) => KeyState::Unknown,
+                })
+            })?;
+            rows.collect()
+        };
+        query().map_err(|source| self.query_error("looking up run keys", source))
+    }
+
+    /// How many sent runs share each point key: one query for the whole batch.
+    ///
+    /// # Errors
+    /// The query fails.
+    pub fn sent_counts(&self, point_keys: &[i64]) -> Result<HashMap<i64, u32>, LedgerError> {
+        let array: Rc<Vec<Value>> = Rc::new(point_keys.iter().map(|key| Value::Integer(*key)).collect());
+        let query = || -> rusqlite::Result<HashMap<i64, u32>> {
+            let mut statement = self.connection.prepare_cached(
+                "SELECT p.value, (SELECT COUNT(*) FROM temp.all_sent s WHERE s.point_key = p.value)
+                 FROM (SELECT DISTINCT value FROM rarray(?1)) AS p",
+            )?;
+            let rows =
+                statement.query_map([array.clone()], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, u32>(1)?)))?;
+            rows.filter(|row| !matches!(row, Ok((_, 0)))).collect()
+        };
+        query().map_err(|source| self.query_error("counting sent points", source))
+    }
+
+    /// Marks the runs of one confirmed request as sent, in one transaction.
+    ///
+    /// # Errors
+    /// The transaction fails; then none of the runs is marked.
+    pub fn mark_sent(&mut self, runs: &[SentRun<'_>], now_ms: i64) -> Result<(), LedgerError> {
+        write_sent(&mut self.connection, runs, now_ms)
+            .map_err(|source| self.query_error("marking runs as sent", source))
+    }
+
+    /// Records runs too old for Datadog's intake window, apart from the sent ones.
+    ///
+    /// # Errors
+    /// The transaction fails; then none is recorded.
+    pub fn record_too_old(&mut self, runs: &[(&str, i64)], now_ms: i64) -> Result<(), LedgerError> {
+        write_too_old(&mut self.connection, runs, now_ms)
+            .map_err(|source| self.query_error("recording too-old runs", source))
+    }
+
+    /// Row counts, for `check` and tests.
+    ///
+    /// # Errors
+    /// The query fails.
+    pub fn counts(&self) -> Result<(u64, u64), LedgerError> {
+        self.connection
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM temp.all_sent), (SELECT COUNT(*) FROM temp.all_skipped)",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .map_err(|source| self.query_error("counting rows", source))
+    }
+
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    fn query_error(&self, action: &'static str, source: rusqlite::Error) -> LedgerError {
+        LedgerError::Query { path: self.path.clone(), action, source }
+    }
+}
+
+fn write_sent(connection: &mut Connection, runs: &[SentRun<'_>], now_ms: i64) -> rusqlite::Result<()> {
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut insert = transaction.prepare_cached(
+            "INSERT INTO main.sent_metrics (run_key, point_key, completed_at, sent_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (run_key) DO NOTHING",
+        )?;
+        let mut forget = transaction.prepare_cached("DELETE FROM main.skipped_runs WHERE run_key = ?1")?;
+        for run in runs {
+            insert.execute(params![run.run_key, run.point_key, run.completed_at, now_ms])?;
+            forget.execute([run.run_key])?;
+        }
+    }
+    transaction.commit()
+}
+
+fn write_too_old(connection: &mut Connection, runs: &[(&str, i64)], now_ms: i64) -> rusqlite::Result<()> {
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut insert = transaction.prepare_cached(
+            "INSERT INTO main.skipped_runs (run_key, reason, completed_at, recorded_at) VALUES (?1, 'too_old', ?2, ?3)
+             ON CONFLICT (run_key) DO NOTHING",
+        )?;
+        for (run_key, completed_at) in runs {
+            insert.execute(params![run_key, completed_at, now_ms])?;
+        }
+    }
+    transaction.commit()
+}
+
+fn configure(connection: &Connection) -> rusqlite::Result<()> {
+    // Another invocation may hold the write lock for one short transaction: wait for it.
+    connection.busy_timeout(std::time::Duration::from_secs(30))?;
+    // WAL: readers never block the writer. NORMAL is durable against a crash of this process;
+    // a power loss may forget the last marks, and those runs are resent with identical points.
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(())
+}
+
+fn migrate(connection: &mut Connection, path: &Path) -> Result<(), LedgerError> {
+    let migrate_error = |source| LedgerError::Open { path: path.to_owned(), source };
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Exclusive).map_err(migrate_error)?;
+    let found: i64 = transaction.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(migrate_error)?;
+    if found > SCHEMA_VERSION {
+        return Err(LedgerError::TooNew { path: path.to_owned(), found });
+    }
+    let start = usize::try_from(found).map_err(|_| LedgerError::TooNew { path: path.to_owned(), found })?;
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(start) {
+        transaction.execute_batch(migration).map_err(migrate_error)?;
+        transaction.pragma_update(None, "user_version", index + 1).map_err(migrate_error)?;
+    }
+    transaction.commit().map_err(migrate_error)
+}
+
+fn create_views(connection: &Connection, has_base: bool) -> rusqlite::Result<()> {
+    rusqlite::vtab::array::load_module(connection)?;
+    let (sent, skipped) = if has_base {
+        (
+            "SELECT run_key, point_key FROM main.sent_metrics UNION ALL SELECT run_key, point_key FROM base.sent_metrics",
+            "SELECT run_key, reason FROM main.skipped_runs UNION ALL SELECT run_key, reason FROM base.skipped_runs",
+        )
+    } else {
+        ("SELECT run_key, point_key FROM main.sent_metrics", "SELECT run_key, reason FROM main.skipped_runs")
+    };
+    connection.execute_batch(&format!(
+        "CREATE TEMP VIEW IF NOT EXISTS all_sent AS {sent};
+         CREATE TEMP VIEW IF NOT EXISTS all_skipped AS {skipped};"
+    ))
+}
+
+/// A path as a SQLite URI path: `?` and `#` and `%` escaped.
+fn uri_path(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let mut out = String::with_capacity(text.len());
+    for character in text.chars() {
+        match character {
+            '?' => out.push_str("%3f"),
+            '#' => out.push_str("%23"),
+            '%' => out.push_str("%25"),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Opens an existing ledger read-only without migrating it; used by tests and `check`.
+///
+/// # Errors
+/// The file cannot be opened as a SQLite database.
+pub fn open_read_only(path: &Path) -> Result<Connection, LedgerError> {
+    Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|source| LedgerError::Open { path: path.to_owned(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent<'a>(key: &'a str, point_key: i64) -> SentRun<'a> {
+        SentRun { run_key: key, point_key, completed_at: 100 }
+    }
+
+    #[test]
+    fn marks_and_looks_up_in_bulk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/ledger.db");
+        let mut ledger = Ledger::open(&path).unwrap();
+        ledger.mark_sent(&[sent("a", 1), sent("b", 1), sent("c", 2)], 0).unwrap();
+        ledger.record_too_old(&[("d", 5)], 0).unwrap();
+        // More keys than SQLite's default variable limit (32766): one parameter all the same.
+        let many: Vec<String> = (0..40_000).map(|i| format!("k{i}")).collect();
+        let mut keys: Vec<&str> = many.iter().map(String::as_str).collect();
+        keys.extend(["a", "d", "zz"]);
+        let states = ledger.states(&keys).unwrap();
+        assert_eq!(states.len(), keys.len());
+        assert_eq!(&states[40_000..], [KeyState::Sent, KeyState::SkippedTooOld, KeyState::Unknown]);
+        assert_eq!(ledger.sent_counts(&[1, 2, 3, 1]).unwrap(), HashMap::from([(1, 2), (2, 1)]));
+        // Marking a too-old run as sent moves it.
+        ledger.mark_sent(&[sent("d", 9)], 0).unwrap();
+        assert_eq!(ledger.counts().unwrap(), (4, 0));
+    }
+
+    #[test]
+    fn reopening_keeps_rows_and_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        Ledger::open(&path).unwrap().mark_sent(&[sent("a", 1)], 0).unwrap();
+        let ledger = Ledger::open(&path).unwrap();
+        assert_eq!(ledger.counts().unwrap(), (1, 0));
+        let version: i64 = open_read_only(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn refuses_newer_schema_and_non_databases() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        assert!(matches!(Ledger::open(&path), Err(LedgerError::TooNew { found: 99, .. })));
+        assert!(matches!(Ledger::open_dry_run(&path, None), Err(LedgerError::TooNew { found: 99, .. })));
+        let junk = dir.path().join("junk.db");
+        std::fs::write(&junk, b"this is not a database, just text that is long enough to be a header").unwrap();
+        let error = Ledger::open(&junk).err().expect("not a database");
+        assert!(format!("{error}").contains("junk.db"));
+    }
+
+    #[test]
+    fn dry_run_reads_the_real_ledger_and_writes_nothing_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        Ledger::open(&path).unwrap().mark_sent(&[sent("a", 1)], 0).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let mut dry = Ledger::open_dry_run(&path, None).unwrap();
+        assert_eq!(dry.states(&["a", "b"]).unwrap(), [KeyState::Sent, KeyState::Unknown]);
+        dry.mark_sent(&[sent("b", 1)], 0).unwrap();
+        assert_eq!(dry.states(&["b"]).unwrap(), [KeyState::Sent]);
+        assert_eq!(dry.sent_counts(&[1]).unwrap(), HashMap::from([(1, 2)]));
+        drop(dry);
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        assert_eq!(Ledger::open(&path).unwrap().counts().unwrap(), (1, 0));
+        // No ledger yet: a dry run must not create one.
+        let missing = dir.path().join("none/ledger.db");
+        Ledger::open_dry_run(&missing, None).unwrap();
+        assert!(!missing.exists() && !missing.parent().unwrap().exists());
+    }
+}
