@@ -1,0 +1,243 @@
+//! Every input shape the issue names goes through the real binary into the strict intake.
+
+use serde_json::{json, Value};
+
+use crate::support::fixtures::{self, spec, Spec};
+use crate::support::{shared_examples, Env, Intake};
+
+const TOTAL: &str = "github.actions.workflow_run.total";
+
+/// Sends `content` (written to a file, or on stdin when `stdin`), expects `expected` runs sent.
+fn sends(content: &str, expected: &[&Spec], extra: &[&str]) -> (Env, Intake) {
+    let env = Env::new();
+    let intake = Intake::start();
+    let file = env.file("input.json", content);
+    env.send(&intake).arg(&file).args(extra).run().expect_code(0);
+    let mut keys: Vec<String> = expected.iter().map(|s| s.key()).collect();
+    keys.sort();
+    assert_eq!(env.sent_keys(), keys);
+    assert_eq!(intake.total(TOTAL), expected.len() as f64);
+    assert!(intake.dropped().is_empty(), "points outside Datadog's window: {:?}", intake.dropped());
+    (env, intake)
+}
+
+#[test]
+fn rest_list_body() {
+    let now = fixtures::now();
+    let runs = [spec(1), spec(2).conclusion("failure")];
+    sends(&fixtures::rest_page(&runs, now).to_string(), &[&runs[0], &runs[1]], &[]);
+}
+
+#[test]
+fn gh_api_paginate_pages_back_to_back() {
+    let now = fixtures::now();
+    let (a, b, c) = (spec(1), spec(2), spec(3));
+    let text = fixtures::paginated(&[&[a.clone(), b.clone()], std::slice::from_ref(&c)], now);
+    assert!(text.contains("}{"), "pages are back to back");
+    sends(&text, &[&a, &b, &c], &[]);
+}
+
+#[test]
+fn gh_api_paginate_slurp() {
+    let now = fixtures::now();
+    let (a, b) = (spec(1), spec(2));
+    let text =
+        json!([fixtures::rest_page(std::slice::from_ref(&a), now), fixtures::rest_page(std::slice::from_ref(&b), now)])
+            .to_string();
+    sends(&text, &[&a, &b], &[]);
+}
+
+#[test]
+fn single_run_object_array_and_ndjson() {
+    let now = fixtures::now();
+    let (a, b) = (spec(1), spec(2));
+    sends(&fixtures::rest_run(&a, now).to_string(), &[&a], &[]);
+    sends(&json!([fixtures::rest_run(&a, now), fixtures::rest_run(&b, now)]).to_string(), &[&a, &b], &[]);
+    sends(&fixtures::ndjson(&[a.clone(), b.clone()], now), &[&a, &b], &[]);
+}
+
+#[test]
+fn workflow_run_event_payload_from_github_event_path() {
+    let now = fixtures::now();
+    let run = spec(77);
+    let env = Env::new();
+    let intake = Intake::start();
+    let path = env.file("event.json", fixtures::event_payload(&run, now).to_string());
+    // No INPUT: the binary reads $GITHUB_EVENT_PATH, as in an `on: workflow_run` job.
+    env.send(&intake).var("GITHUB_EVENT_PATH", &path).run().expect_code(0);
+    assert_eq!(env.sent_keys(), [run.key()]);
+    // The run's own name is "": the workflow's name comes from the payload's `workflow`.
+    let point = intake.stored().into_iter().find(|p| p.metric == TOTAL).unwrap();
+    assert!(point.tags.contains(&"workflow_name:ci".to_owned()), "{:?}", point.tags);
+}
+
+#[test]
+fn github_context_dump() {
+    let now = fixtures::now();
+    let run = spec(78);
+    sends(&fixtures::github_context(&run, now).to_string(), &[&run], &[]);
+}
+
+#[test]
+fn gh_run_list_rows_take_the_repository_from_url() {
+    let now = fixtures::now();
+    let done = spec(5).repo("cli/cli");
+    let running = spec(6).repo("cli/cli").in_progress();
+    let (env, intake) = sends(&fixtures::gh_list(&[done.clone(), running], now), &[&done], &[]);
+    let point = intake.stored().into_iter().find(|p| p.metric == TOTAL).unwrap();
+    assert!(point.tags.contains(&"repository_name:cli".to_owned()));
+    assert!(point.tags.contains(&"workflow_id:161335".to_owned()));
+    assert!(env.logs()[0].contains("skip not_completed cli/cli:6:1"));
+}
+
+#[test]
+fn gh_run_view_single_object() {
+    let now = fixtures::now();
+    let run = spec(9).attempt(2);
+    sends(&fixtures::gh_row(&run, now).to_string(), &[&run], &[]);
+}
+
+#[test]
+fn gh_rows_without_url_need_repo() {
+    let now = fixtures::now();
+    let run = spec(5);
+    let mut row = fixtures::gh_row(&run, now);
+    row.as_object_mut().unwrap().remove("url");
+    let text = Value::Array(vec![row]).to_string();
+
+    let env = Env::new();
+    let intake = Intake::start();
+    let file = env.file("rows.json", &text);
+    let out = env.send(&intake).arg(&file).run();
+    out.expect_code(3);
+    assert!(out.stderr.contains("--repo owner/name"), "{}", out.stderr);
+    assert!(intake.requests().is_empty());
+
+    env.send(&intake).arg(&file).args(["--repo", "octo-org/octo-repo"]).run().expect_code(0);
+    assert_eq!(env.sent_keys(), [run.key()]);
+}
+
+#[test]
+fn gh_rows_without_database_id_name_the_fields_to_ask_for() {
+    let env = Env::new();
+    let intake = Intake::start();
+    let file =
+        env.file("rows.json", r#"[{"conclusion":"success","status":"completed","createdAt":"2024-01-01T00:00:00Z"}]"#);
+    let out = env.send(&intake).arg(&file).run();
+    out.expect_code(3);
+    assert!(out.stderr.contains("--json databaseId,attempt,conclusion"), "{}", out.stderr);
+}
+
+#[test]
+fn standard_input_and_several_files() {
+    let now = fixtures::now();
+    let (a, b) = (spec(1), spec(2));
+    let env = Env::new();
+    let intake = Intake::start();
+    let file = env.file("b.json", fixtures::rest_run(&b, now).to_string());
+    env.send(&intake).arg("-").arg(&file).stdin(fixtures::gh_list(std::slice::from_ref(&a), now)).run().expect_code(0);
+    assert_eq!(env.sent_keys(), [a.key(), b.key()]);
+}
+
+#[test]
+fn not_a_recognised_shape_names_file_position_and_shapes() {
+    let env = Env::new();
+    let intake = Intake::start();
+    let file = env.file("jobs.json", r#"{"total_count":1,"jobs":[{"id":1}]}"#);
+    let out = env.send(&intake).arg(&file).run();
+    out.expect_code(3);
+    assert!(out.stderr.contains("jobs.json value 1"), "{}", out.stderr);
+    assert!(out.stderr.contains("workflow_runs"), "{}", out.stderr);
+    assert!(out.stderr.contains("gh run list/view --json"), "{}", out.stderr);
+}
+
+/// The real payloads recorded from GitHub, read from ../shared (present in CI). Their runs are
+/// years old: with --historical they are sent with their real timestamps.
+#[test]
+fn real_github_payloads_from_shared() {
+    let Some(dir) = shared_examples() else {
+        eprintln!(
+            "SKIPPED real_github_payloads_from_shared: ../shared/github/examples is not present beside the project"
+        );
+        return;
+    };
+    // file name → run keys that must be sent (completed runs), none for queued runs.
+    let expected: &[(&str, &[&str])] = &[
+        ("rest_run_github_openapi_example_workflow-run_queued.json", &[]),
+        ("rest_runs_github_openapi_example_workflow-run-paginated_queued.json", &[]),
+        (
+            "rest_runs_pygithub_2020-05_push_pr_no_run_attempt.json",
+            &[
+                "pygithub/pygithub:110278769:1",
+                "pygithub/pygithub:110286191:1",
+                "pygithub/pygithub:110932072:1",
+                "pygithub/pygithub:110932159:1",
+                "pygithub/pygithub:110932306:1",
+            ],
+        ),
+        ("webhook_octokit_completed_2020_original_no_run_attempt.json", &["octo-org/octo-repo:289782451:1"]),
+        ("webhook_octokit_completed_repository_dispatch_empty_name.json", &["octo-org/octo-repo:289782451:1"]),
+        ("webhook_octokit_completed_with_pull_requests.json", &["octo-org/octo-repo:289782451:1"]),
+        ("webhook_octokit_requested_queued_null_conclusion.json", &[]),
+    ];
+    for (name, keys) in expected {
+        let env = Env::new();
+        let intake = Intake::start();
+        let path = dir.join(name);
+        let out = env.send(&intake).arg(path.to_str().unwrap()).arg("--historical").run();
+        out.expect_code(0);
+        assert_eq!(env.sent_keys(), *keys, "{name}");
+        assert_eq!(intake.total(TOTAL), keys.len() as f64, "{name}");
+        let not_completed = env.logs()[0].matches("skip not_completed").count();
+        assert_eq!(not_completed, usize::from(keys.is_empty()), "{name}");
+    }
+    // Jobs lists are not runs: a clear error, exit 3.
+    let env = Env::new();
+    let intake = Intake::start();
+    let path = dir.join("rest_jobs_pygithub_2023-01_5jobs_steps.json");
+    env.send(&intake).arg(path.to_str().unwrap()).run().expect_code(3);
+}
+
+#[test]
+fn real_payload_values_match_github() {
+    let Some(dir) = shared_examples() else {
+        eprintln!("SKIPPED real_payload_values_match_github: ../shared/github/examples is not present");
+        return;
+    };
+    let env = Env::new();
+    let intake = Intake::start();
+    let path = dir.join("webhook_octokit_completed_repository_dispatch_empty_name.json");
+    env.send(&intake).arg(path.to_str().unwrap()).arg("--historical").run().expect_code(0);
+    let stored = intake.stored();
+    let find = |metric: &str| stored.iter().find(|p| p.metric == metric).unwrap_or_else(|| panic!("{metric}"));
+    // created 16:33:24, started 16:33:49, updated 16:33:49 (GitHub's own example).
+    let queued = find("github.actions.workflow_run.queued_duration_second");
+    assert_eq!((queued.timestamp, queued.value), (1601915629, 25.0));
+    assert_eq!(find("github.actions.workflow_run.duration_second").value, 0.0);
+    assert_eq!(find("github.actions.workflow_run.conclusion.success_total").value, 1.0);
+    let tags = &find(TOTAL).tags;
+    for tag in [
+        "branch:master",
+        "conclusion:success",
+        "event:repository_dispatch",
+        "repository_name:octo-repo",
+        "repository_owner:octo-org",
+        "run_attempt:1",
+        "workflow_id:2823525",
+        "workflow_name:test",
+    ] {
+        assert!(tags.contains(&tag.to_owned()), "{tag} missing from {tags:?}");
+    }
+    assert_eq!(tags.len(), 8, "{tags:?}");
+}
+
+/// The stand-in validates against a copy of Datadog's schema: it must stay the one in ../shared.
+#[test]
+fn schema_copy_matches_shared() {
+    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datadog/v2-series.schema.json");
+    let Ok(shared) = std::fs::read_to_string(&shared) else {
+        eprintln!("SKIPPED schema_copy_matches_shared: ../shared/datadog is not present beside the project");
+        return;
+    };
+    assert_eq!(include_str!("../data/v2-series.schema.json"), shared);
+}

@@ -1,0 +1,266 @@
+//! A stand-in for Datadog's intake on 127.0.0.1, as strict as the real one where it matters: it
+//! checks the API key, the content type and encoding, Datadog's size limits, and validates every
+//! body against the spec's schema (tests/data/v2-series.schema.json, the strict variant that also
+//! rejects unknown fields). Points outside Datadog's time window are accepted with 202 but
+//! recorded as dropped, as Datadog silently drops them.
+//!
+//! Responses can be scripted per request: a queue of statuses (with headers and body) or dropped
+//! connections; when the queue is empty every valid request gets 202.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+
+pub const API_KEY: &str = "test-api-key-0123456789abcdef";
+pub const MAX_COMPRESSED: usize = 512_000;
+pub const MAX_RAW: usize = 5_242_880;
+
+/// A scripted answer to one request.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    Status { status: u16, headers: Vec<(String, String)>, body: String },
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Reply {
+        Reply::Status { status, headers: Vec::new(), body: format!("{{\"errors\":[\"scripted {status}\"]}}") }
+    }
+}
+
+/// One point Datadog would keep: metric, sorted tags, timestamp, value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Point {
+    pub metric: String,
+    pub tags: Vec<String>,
+    pub timestamp: i64,
+    pub value: f64,
+    pub kind: i64,
+}
+
+#[derive(Default)]
+struct Inner {
+    script: VecDeque<Reply>,
+    /// Every request to /api/v2/series, with the status answered.
+    requests: Vec<Request>,
+    /// Points in accepted requests, in arrival order.
+    accepted: Vec<Point>,
+    /// Points Datadog would drop silently (outside its time window).
+    dropped: Vec<Point>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub status: u16,
+    pub encoding: Option<String>,
+    pub compressed_bytes: usize,
+    pub raw_bytes: usize,
+    pub error: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Intake {
+    inner: Arc<Mutex<Inner>>,
+    pub addr: SocketAddr,
+}
+
+impl Intake {
+    /// Starts the intake on its own thread and runtime; it lives as long as the test process.
+    pub fn start() -> Intake {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let state = inner.clone();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
+                sender.send(listener.local_addr().expect("local addr")).expect("send addr");
+                let app = Router::new()
+                    .route("/api/v2/series", post(series))
+                    .route("/api/v1/validate", get(validate))
+                    .with_state(state);
+                axum::serve(listener, app).await.expect("serve");
+            });
+        });
+        let addr = receiver.recv().expect("intake started");
+        Intake { inner, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.inner.lock().unwrap().script.extend(replies);
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.inner.lock().unwrap().requests.clone()
+    }
+
+    pub fn accepted(&self) -> Vec<Point> {
+        self.inner.lock().unwrap().accepted.clone()
+    }
+
+    pub fn dropped(&self) -> Vec<Point> {
+        self.inner.lock().unwrap().dropped.clone()
+    }
+
+    /// What Datadog would show: for each metric, tags and timestamp, the last value written.
+    pub fn stored(&self) -> Vec<Point> {
+        let mut stored: Vec<Point> = Vec::new();
+        for point in self.accepted() {
+            match stored
+                .iter_mut()
+                .find(|p| p.metric == point.metric && p.tags == point.tags && p.timestamp == point.timestamp)
+            {
+                Some(existing) => *existing = point,
+                None => stored.push(point),
+            }
+        }
+        stored
+    }
+
+    /// Sum of the stored values of one metric (for counts: the number of runs Datadog shows).
+    pub fn total(&self, metric: &str) -> f64 {
+        self.stored().iter().filter(|p| p.metric == metric).map(|p| p.value).sum()
+    }
+}
+
+fn schema_validator() -> &'static jsonschema::Validator {
+    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
+    VALIDATOR.get_or_init(|| {
+        let text = include_str!("../../data/v2-series.schema.json");
+        let mut schema: Value = serde_json::from_str(text).expect("schema is JSON");
+        // The strict variant: unknown fields are errors, so a typo in a field name fails a test.
+        schema["$ref"] = json!("#/$defs/StrictMetricPayload");
+        jsonschema::validator_for(&schema).expect("schema compiles")
+    })
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, [("content-type", "application/json")], json!({ "errors": [message] }).to_string()).into_response()
+}
+
+async fn validate(headers: HeaderMap) -> Response {
+    if headers.get("dd-api-key").and_then(|v| v.to_str().ok()) == Some(API_KEY) {
+        (StatusCode::OK, json!({"valid": true}).to_string()).into_response()
+    } else {
+        error(StatusCode::FORBIDDEN, "Forbidden")
+    }
+}
+
+async fn series(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: Bytes) -> Response {
+    let encoding = headers.get("content-encoding").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let mut request =
+        Request { status: 0, encoding: encoding.clone(), compressed_bytes: body.len(), raw_bytes: 0, error: None };
+    let (response, points) = check(&headers, encoding.as_deref(), &body, &mut request);
+    let mut inner = inner.lock().unwrap();
+    // A scripted reply replaces a success only: a broken request is always answered as broken.
+    let response = match (response, inner.script.pop_front()) {
+        (Ok(()), Some(Reply::Status { status, headers, body })) => {
+            let mut builder = Response::builder().status(status).header("content-type", "application/json");
+            for (name, value) in headers {
+                builder = builder.header(name, value);
+            }
+            builder.body(axum::body::Body::from(body)).expect("response")
+        }
+        (Ok(()), None) => {
+            let now = chrono::Utc::now().timestamp();
+            for point in points {
+                if point.timestamp < now - 3600 || point.timestamp > now + 600 {
+                    inner.dropped.push(point.clone());
+                }
+                inner.accepted.push(point);
+            }
+            (StatusCode::ACCEPTED, [("content-type", "application/json")], "{\"errors\":[]}").into_response()
+        }
+        (Err(response), _) => response,
+    };
+    request.status = response.status().as_u16();
+    inner.requests.push(request);
+    response
+}
+
+fn check(
+    headers: &HeaderMap,
+    encoding: Option<&str>,
+    body: &[u8],
+    request: &mut Request,
+) -> (Result<(), Response>, Vec<Point>) {
+    let mut fail = |status: StatusCode, message: String| {
+        request.error = Some(message.clone());
+        (Err(error(status, &message)), Vec::new())
+    };
+    if headers.get("dd-api-key").and_then(|v| v.to_str().ok()) != Some(API_KEY) {
+        return fail(StatusCode::FORBIDDEN, "Forbidden".into());
+    }
+    if headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("application/json") {
+        return fail(StatusCode::BAD_REQUEST, "content-type must be application/json".into());
+    }
+    if body.len() > MAX_COMPRESSED {
+        return fail(StatusCode::PAYLOAD_TOO_LARGE, format!("payload of {} bytes is too large", body.len()));
+    }
+    let mut raw = Vec::new();
+    // Read at most one byte past the limit: a zip bomb stops there.
+    let limit = (MAX_RAW + 1) as u64;
+    let decoded = match encoding {
+        None => {
+            let _: () = raw.extend_from_slice(body);
+            Ok(())
+        }
+        Some("gzip") => flate2::read::GzDecoder::new(body).take(limit).read_to_end(&mut raw).map(drop),
+        Some("deflate") => flate2::read::ZlibDecoder::new(body).take(limit).read_to_end(&mut raw).map(drop),
+        Some("zstd1") => {
+            zstd::stream::read::Decoder::new(body).and_then(|d| d.take(limit).read_to_end(&mut raw)).map(drop)
+        }
+        Some(other) => return fail(StatusCode::BAD_REQUEST, format!("unsupported content-encoding {other}")),
+    };
+    if let Err(error) = decoded {
+        return fail(StatusCode::BAD_REQUEST, format!("cannot decode {encoding:?} body: {error}"));
+    }
+    request.raw_bytes = raw.len();
+    if raw.len() > MAX_RAW {
+        return fail(StatusCode::PAYLOAD_TOO_LARGE, "decompressed payload is too large".into());
+    }
+    let payload: Value = match serde_json::from_slice(&raw) {
+        Ok(payload) => payload,
+        Err(error) => return fail(StatusCode::BAD_REQUEST, format!("body is not JSON: {error}")),
+    };
+    let errors: Vec<String> =
+        schema_validator().iter_errors(&payload).map(|e| format!("{e} at {}", e.instance_path)).collect();
+    if !errors.is_empty() {
+        return fail(StatusCode::BAD_REQUEST, format!("schema: {}", errors.join("; ")));
+    }
+    let mut points = Vec::new();
+    for series in payload["series"].as_array().expect("schema checked") {
+        let metric = series["metric"].as_str().expect("schema checked").to_owned();
+        let mut tags: Vec<String> = series["tags"]
+            .as_array()
+            .map(|tags| tags.iter().map(|t| t.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default();
+        if let Some(tag) = tags.iter().find(|tag| tag.chars().count() > 200) {
+            return fail(StatusCode::BAD_REQUEST, format!("tag longer than 200 characters: {tag}"));
+        }
+        tags.sort();
+        let kind = series["type"].as_i64().unwrap_or(0);
+        for point in series["points"].as_array().expect("schema checked") {
+            points.push(Point {
+                metric: metric.clone(),
+                tags: tags.clone(),
+                timestamp: point["timestamp"].as_i64().expect("schema: int64"),
+                value: point["value"].as_f64().expect("schema: number"),
+                kind,
+            });
+        }
+    }
+    (Ok(()), points)
+}

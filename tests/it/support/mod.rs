@@ -1,0 +1,181 @@
+//! Test helpers: the stand-in intake, a builder that runs the real binary, and run fixtures.
+
+pub mod fixtures;
+pub mod intake;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub use intake::{Intake, Reply, API_KEY};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_workflow-metrics");
+
+/// A temp folder with a ledger path and a log folder, and a way to run the binary in it.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env { dir: tempfile::tempdir().expect("temp dir") }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn ledger(&self) -> PathBuf {
+        self.path("cache/metrics.db")
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.path("log")
+    }
+
+    /// Writes a file in the temp folder and returns its path as a string.
+    pub fn file(&self, name: &str, content: impl AsRef<[u8]>) -> String {
+        let path = self.path(name);
+        std::fs::write(&path, content).expect("write fixture");
+        path.to_string_lossy().into_owned()
+    }
+
+    /// `send` against `intake`, with the ledger and logs in the temp folder and the test key.
+    pub fn send(&self, intake: &Intake) -> Run<'_> {
+        self.command(["send"]).intake(intake)
+    }
+
+    /// The binary with `args`, run in the temp folder, without any DD_ variable from outside.
+    pub fn command<const N: usize>(&self, args: [&str; N]) -> Run<'_> {
+        Run { env: self, args: args.iter().map(|a| a.to_string()).collect(), vars: vec![], stdin: None, defaults: true }
+    }
+
+    /// The log files written so far, oldest first.
+    pub fn logs(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.log_dir()) else { return vec![] };
+        let mut paths: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
+        paths.sort();
+        paths.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
+    }
+
+    /// Rows of `sent_metrics` (run keys), sorted.
+    pub fn sent_keys(&self) -> Vec<String> {
+        self.query_keys("SELECT run_key FROM sent_metrics ORDER BY run_key")
+    }
+
+    pub fn too_old_keys(&self) -> Vec<String> {
+        self.query_keys("SELECT run_key FROM skipped_runs WHERE reason = 'too_old' ORDER BY run_key")
+    }
+
+    fn query_keys(&self, sql: &str) -> Vec<String> {
+        if !self.ledger().exists() {
+            return vec![];
+        }
+        let connection = rusqlite::Connection::open(self.ledger()).unwrap();
+        let mut statement = connection.prepare(sql).unwrap();
+        statement.query_map([], |row| row.get(0)).unwrap().map(Result::unwrap).collect()
+    }
+}
+
+pub struct Run<'e> {
+    env: &'e Env,
+    args: Vec<String>,
+    vars: Vec<(String, String)>,
+    stdin: Option<Vec<u8>>,
+    defaults: bool,
+}
+
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl<'e> Run<'e> {
+    pub fn arg(mut self, arg: impl AsRef<str>) -> Self {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    pub fn var(mut self, name: &str, value: &str) -> Self {
+        self.vars.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn stdin(mut self, input: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(input.into());
+        self
+    }
+
+    /// No --ledger/--log-dir added (to test the defaults, relative to the temp folder).
+    pub fn no_defaults(mut self) -> Self {
+        self.defaults = false;
+        self
+    }
+
+    fn intake(self, intake: &Intake) -> Self {
+        self.arg("--api-url").arg(intake.url()).var("DD_API_KEY", API_KEY)
+    }
+
+    pub fn run(self) -> Output {
+        let mut command = Command::new(BIN);
+        command.current_dir(self.env.dir.path()).args(&self.args);
+        if self.defaults {
+            let ledger = self.env.ledger();
+            let log_dir = self.env.log_dir();
+            let is_send = self.args.first().is_some_and(|a| a == "send");
+            if self.args.first().is_some_and(|a| a == "send" || a == "check") {
+                command.arg("--ledger").arg(ledger);
+            }
+            if is_send {
+                command.arg("--log-dir").arg(log_dir);
+            }
+        }
+        for name in ["DD_API_KEY", "DD_SITE", "GITHUB_EVENT_PATH", "RUST_LOG"] {
+            command.env_remove(name);
+        }
+        command.envs(self.vars.iter().map(|(k, v)| (k, v)));
+        command.stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn the binary");
+        if let Some(input) = self.stdin {
+            let mut stdin = child.stdin.take().unwrap();
+            std::thread::spawn(move || {
+                let _ = stdin.write_all(&input);
+            });
+        }
+        let output = child.wait_with_output().expect("wait for the binary");
+        Output {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Output {
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "exit code {} (expected {code})\nstderr:\n{}\nstdout:\n{}",
+            self.code, self.stderr, self.stdout
+        );
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// `../shared/github/examples` of the workspace, when it is there (as in CI).
+pub fn shared_examples() -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/github/examples");
+    path.is_dir().then_some(path)
+}
