@@ -20,11 +20,40 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of the `send` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Send the completed runs of INPUT to Datadog, skipping those already sent.
     Send(SendArgs),
     /// Check the API key against Datadog and open (create, migrate) the ledger.
     Check(CheckArgs),
+    /// Inspect the ledger: list dead letters, requeue them.
+    Ledger(LedgerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerArgs {
+    #[command(subcommand)]
+    pub action: LedgerAction,
+
+    /// The ledger of runs already sent.
+    #[arg(long, value_name = "PATH", default_value = "cache/metrics.db", global = true)]
+    pub ledger: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerAction {
+    /// List the dead letters: runs Datadog rejected (400), with its error.
+    Dead,
+    /// Free dead letters so the next send sends them again.
+    Requeue {
+        /// Run keys (owner/repo:run_id:attempt) to requeue.
+        #[arg(value_name = "KEY", required_unless_present = "all", conflicts_with = "all")]
+        keys: Vec<String>,
+        /// Requeue every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +112,48 @@ pub struct SendArgs {
     /// Most runs in one request (requests are also cut by Datadog's size limits).
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub batch_size: usize,
+
+    /// Requests in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub concurrency: usize,
+
+    /// Attempts per request, the first included (408, 429, 5xx and network errors are retried).
+    #[arg(long, value_name = "N", default_value_t = 6)]
+    pub max_attempts: u32,
+
+    /// Most time one request may spend retrying, seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    pub retry_deadline: u64,
+
+    /// First retry delay, milliseconds; doubles each attempt, with jitter.
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    pub retry_delay_ms: u64,
+
+    /// Longest retry delay, milliseconds (Retry-After may ask for more, within the deadline).
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    pub retry_max_delay_ms: u64,
+
+    /// Seed of the retry jitter (tests).
+    #[arg(long, value_name = "SEED", hide = true)]
+    pub jitter_seed: Option<u64>,
+
+    /// Stop sending after this many consecutive requests failed after their retries.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub circuit_breaker: u32,
+
+    /// Mark runs before their request instead of after its 2xx: a crash may lose runs but never
+    /// sends one twice.
+    #[arg(long)]
+    pub at_most_once: bool,
+
+    /// Seconds after which another invocation's claim on a run is taken as abandoned (claims of
+    /// a process of this host that has ended are dropped at once).
+    #[arg(long, value_name = "SECONDS", default_value_t = 900)]
+    pub claim_ttl: u64,
+
+    /// Seconds requests in flight get to finish after SIGINT/SIGTERM.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub shutdown_grace: u64,
 
     /// Folder of the run logs.
     #[arg(long, value_name = "DIR", default_value = "log")]

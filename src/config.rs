@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::cli::{CheckArgs, CommonArgs, OutputFormat, SendArgs};
 use crate::datadog::{self, ApiKey, Compression};
 use crate::metrics::{self, SeriesSpec};
+use crate::retry::RetryPolicy;
 use crate::source::Input;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,12 @@ pub enum ConfigError {
     BatchSize,
     #[error("--request-timeout must be between 1 and 600 seconds")]
     Timeout,
+    #[error("--concurrency must be between 1 and 64")]
+    Concurrency,
+    #[error("--max-attempts and --circuit-breaker must be at least 1")]
+    Attempts,
+    #[error("--claim-ttl ({ttl}s) must exceed --retry-deadline plus --request-timeout ({needed}s), or a slow request would lose its claim")]
+    ClaimTtl { ttl: u64, needed: u64 },
 }
 
 /// Where and how to reach Datadog.
@@ -70,6 +77,12 @@ pub struct SendConfig {
     pub compression: Compression,
     pub batch_size: usize,
     pub output: OutputFormat,
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+    pub circuit_breaker: u32,
+    pub at_most_once: bool,
+    pub claim_ttl: Duration,
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug)]
@@ -100,6 +113,23 @@ impl SendConfig {
         if !(1..=100_000).contains(&args.batch_size) {
             return Err(ConfigError::BatchSize);
         }
+        if !(1..=64).contains(&args.concurrency) {
+            return Err(ConfigError::Concurrency);
+        }
+        if args.max_attempts == 0 || args.circuit_breaker == 0 {
+            return Err(ConfigError::Attempts);
+        }
+        let needed = args.retry_deadline + args.common.request_timeout;
+        if args.claim_ttl <= needed {
+            return Err(ConfigError::ClaimTtl { ttl: args.claim_ttl, needed });
+        }
+        let retry = RetryPolicy {
+            max_attempts: args.max_attempts,
+            deadline: Duration::from_secs(args.retry_deadline),
+            base_delay: Duration::from_millis(args.retry_delay_ms.max(1)),
+            max_delay: Duration::from_millis(args.retry_max_delay_ms.max(args.retry_delay_ms).max(1)),
+            jitter_seed: args.jitter_seed,
+        };
         Ok(SendConfig {
             inputs,
             dry_run: args.dry_run,
@@ -116,6 +146,12 @@ impl SendConfig {
             compression: args.compression,
             batch_size: args.batch_size,
             output: args.output,
+            concurrency: args.concurrency,
+            retry,
+            circuit_breaker: args.circuit_breaker,
+            at_most_once: args.at_most_once,
+            claim_ttl: Duration::from_secs(args.claim_ttl),
+            shutdown_grace: Duration::from_secs(args.shutdown_grace),
         })
     }
 }

@@ -133,7 +133,7 @@ pub enum DatadogError {
     #[error("failed to build the HTTP client")]
     Client(#[source] reqwest::Error),
     #[error("request to {url} failed: {reason}")]
-    Transport { url: String, reason: String, timeout: bool },
+    Transport { url: String, reason: String },
     #[error("Datadog answered {status} at {url}: {body}")]
     Status { url: String, status: u16, body: String, retry_after: Option<Duration> },
 }
@@ -150,6 +150,24 @@ impl DatadogError {
     /// 401 and 403: the key is wrong, and every further request would fail the same way.
     pub fn is_auth(&self) -> bool {
         matches!(self.status(), Some(401 | 403))
+    }
+
+    /// Worth another attempt: timeouts, refused or reset connections, 408, 429 and 5xx
+    /// (Vector's `is_retriable`; 400 and 413 are the request's fault, 401/403 the key's).
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            DatadogError::Client(_) => false,
+            DatadogError::Transport { .. } => true,
+            DatadogError::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
+        }
+    }
+
+    /// How long the server asked us to wait (`Retry-After`, `X-RateLimit-Reset`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            DatadogError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 }
 
@@ -187,7 +205,7 @@ impl Client {
     ///
     /// # Errors
     /// A transport failure, or any status but 2xx (with the body Datadog sent).
-    pub async fn post_series(&self, body: Vec<u8>, compression: Compression) -> Result<Accepted, DatadogError> {
+    pub async fn post_series(&self, body: bytes::Bytes, compression: Compression) -> Result<Accepted, DatadogError> {
         let url = self.series_url();
         let request = self
             .http
@@ -245,7 +263,7 @@ fn transport(url: &str, error: &reqwest::Error) -> DatadogError {
         reason.push_str(&cause.to_string());
         source = cause.source();
     }
-    DatadogError::Transport { url: url.to_owned(), reason, timeout: error.is_timeout() }
+    DatadogError::Transport { url: url.to_owned(), reason }
 }
 
 async fn status_error(url: String, response: reqwest::Response) -> DatadogError {

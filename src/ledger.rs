@@ -3,8 +3,12 @@
 //! Tables (schema version 1, tracked by `PRAGMA user_version`):
 //! - `sent_metrics`: one row per run key Datadog confirmed with a 2xx; `point_key` lets a later
 //!   request sum its counts on top of runs already sent (see `metrics::SeriesSpec::series`).
-//! - `skipped_runs`: runs recorded apart from the sent ones, with a reason (`too_old`), so they are
-//!   not reconsidered on every invocation.
+//! - `skipped_runs`: runs recorded apart from the sent ones, with a reason, so they are not
+//!   reconsidered on every invocation: `too_old` (outside Datadog's window) and `dead` (Datadog
+//!   answered 400 for that run alone; `detail` keeps the error, `ledger requeue` frees it).
+//! - `claims`: runs an invocation is sending right now (see ARCHITECTURE.md, "Overlapping
+//!   invocations"). A claim is dropped when its runs are marked or released, when its owner is
+//!   a process of this host that no longer runs, or when it is older than the claim TTL.
 //!
 //! Migrations are an ordered list applied inside one exclusive transaction; old entries are never
 //! edited. Look-ups of a batch are one query over an `rarray` of keys (one bound parameter, no
@@ -37,6 +41,14 @@ const MIGRATIONS: &[&str] = &[
          completed_at INTEGER NOT NULL,
          recorded_at  INTEGER NOT NULL
      ) WITHOUT ROWID;",
+    // 2: dead letters keep Datadog's error; claims keep overlapping invocations apart.
+    "ALTER TABLE skipped_runs ADD COLUMN detail TEXT;
+     CREATE TABLE claims (
+         run_key    TEXT PRIMARY KEY,
+         owner      TEXT NOT NULL,
+         claimed_at INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE INDEX claims_owner ON claims (owner);",
 ];
 
 /// The schema version this binary writes.
@@ -75,6 +87,15 @@ pub enum KeyState {
     Unknown,
     Sent,
     SkippedTooOld,
+    Dead,
+}
+
+/// A dead letter: a run Datadog rejected on its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub run_key: String,
+    pub recorded_at: i64,
+    pub detail: String,
 }
 
 /// A run confirmed by Datadog, to be marked.
@@ -159,14 +180,15 @@ impl Ledger {
         let query = || -> rusqlite::Result<Vec<KeyState>> {
             let mut statement = self.connection.prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM temp.all_sent s WHERE s.run_key = k.value),
-                        EXISTS (SELECT 1 FROM temp.all_skipped t WHERE t.run_key = k.value AND t.reason = 'too_old')
+                        (SELECT t.reason FROM temp.all_skipped t WHERE t.run_key = k.value LIMIT 1)
                  FROM rarray(?1) AS k",
             )?;
             let rows = statement.query_map([array.clone()], |row| {
-                Ok(match (row.get::<_, bool>(0)?, row.get::<_, bool>(1)?) {
+                Ok(match (row.get::<_, bool>(0)?, row.get::<_, Option<String>>(1)?.as_deref()) {
                     (true, _) => KeyState::Sent,
-                    (false, true) => KeyState::SkippedTooOld,
-                    (false, false) => KeyState::Unknown,
+                    (false, Some("dead")) => KeyState::Dead,
+                    (false, Some(_)) => KeyState::SkippedTooOld,
+                    (false, None) => KeyState::Unknown,
                 })
             })?;
             rows.collect()
@@ -210,6 +232,97 @@ impl Ledger {
             .map_err(|source| self.query_error("recording too-old runs", source))
     }
 
+    /// Claims `keys` for `owner` in one transaction, first dropping claims whose owner is dead
+    /// (`alive` says no) or older than `ttl_ms`. Returns, per key, whether this owner holds it
+    /// now: `false` means it was sent, is a dead letter, or another live invocation is sending it.
+    ///
+    /// # Errors
+    /// The transaction fails; then nothing is claimed.
+    pub fn claim(
+        &mut self,
+        keys: &[&str],
+        owner: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+        alive: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<bool>, LedgerError> {
+        let array: Rc<Vec<Value>> = Rc::new(keys.iter().map(|key| Value::Text((*key).to_owned())).collect());
+        write_claims(&mut self.connection, &array, owner, now_ms, ttl_ms, alive)
+            .map_err(|source| self.query_error("claiming runs", source))
+    }
+
+    /// Releases this owner's claims on `keys` (their request failed: a later invocation sends them).
+    ///
+    /// # Errors
+    /// The statement fails; the claims then expire on their own.
+    pub fn release(&mut self, keys: &[&str], owner: &str) -> Result<(), LedgerError> {
+        let array: Rc<Vec<Value>> = Rc::new(keys.iter().map(|key| Value::Text((*key).to_owned())).collect());
+        self.connection
+            .execute(
+                "DELETE FROM main.claims WHERE owner = ?2 AND run_key IN (SELECT value FROM rarray(?1))",
+                params![array, owner],
+            )
+            .map(drop)
+            .map_err(|source| self.query_error("releasing claims", source))
+    }
+
+    /// Undoes `mark_sent` for runs whose request failed (`--at-most-once` marks before sending).
+    ///
+    /// # Errors
+    /// The statement fails; the runs then stay marked (lost, never duplicated).
+    pub fn unmark(&mut self, keys: &[&str]) -> Result<(), LedgerError> {
+        let array: Rc<Vec<Value>> = Rc::new(keys.iter().map(|key| Value::Text((*key).to_owned())).collect());
+        self.connection
+            .execute("DELETE FROM main.sent_metrics WHERE run_key IN (SELECT value FROM rarray(?1))", [array])
+            .map(drop)
+            .map_err(|source| self.query_error("unmarking runs", source))
+    }
+
+    /// Records runs Datadog rejected (400) as dead letters with its error, never as sent.
+    ///
+    /// # Errors
+    /// The transaction fails; then none is recorded.
+    pub fn record_dead(&mut self, runs: &[(&str, i64)], detail: &str, now_ms: i64) -> Result<(), LedgerError> {
+        write_dead(&mut self.connection, runs, detail, now_ms)
+            .map_err(|source| self.query_error("recording dead letters", source))
+    }
+
+    /// The dead letters, oldest first.
+    ///
+    /// # Errors
+    /// The query fails.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, LedgerError> {
+        let query = || -> rusqlite::Result<Vec<DeadLetter>> {
+            let mut statement = self.connection.prepare(
+                "SELECT run_key, recorded_at, COALESCE(detail, '') FROM main.skipped_runs WHERE reason = 'dead' ORDER BY recorded_at, run_key",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok(DeadLetter { run_key: row.get(0)?, recorded_at: row.get(1)?, detail: row.get(2)? })
+            })?;
+            rows.collect()
+        };
+        query().map_err(|source| self.query_error("listing dead letters", source))
+    }
+
+    /// Frees dead letters so the next invocation sends them again: the given keys, or all.
+    /// Returns how many were freed.
+    ///
+    /// # Errors
+    /// The statement fails.
+    pub fn requeue(&mut self, keys: Option<&[String]>) -> Result<usize, LedgerError> {
+        let result = match keys {
+            None => self.connection.execute("DELETE FROM main.skipped_runs WHERE reason = 'dead'", []),
+            Some(keys) => {
+                let array: Rc<Vec<Value>> = Rc::new(keys.iter().map(|key| Value::Text(key.clone())).collect());
+                self.connection.execute(
+                    "DELETE FROM main.skipped_runs WHERE reason = 'dead' AND run_key IN (SELECT value FROM rarray(?1))",
+                    [array],
+                )
+            }
+        };
+        result.map_err(|source| self.query_error("requeueing dead letters", source))
+    }
+
     /// Row counts, for `check` and tests.
     ///
     /// # Errors
@@ -241,9 +354,11 @@ fn write_sent(connection: &mut Connection, runs: &[SentRun<'_>], now_ms: i64) ->
              ON CONFLICT (run_key) DO NOTHING",
         )?;
         let mut forget = transaction.prepare_cached("DELETE FROM main.skipped_runs WHERE run_key = ?1")?;
+        let mut unclaim = transaction.prepare_cached("DELETE FROM main.claims WHERE run_key = ?1")?;
         for run in runs {
             insert.execute(params![run.run_key, run.point_key, run.completed_at, now_ms])?;
             forget.execute([run.run_key])?;
+            unclaim.execute([run.run_key])?;
         }
     }
     transaction.commit()
@@ -261,6 +376,59 @@ fn write_too_old(connection: &mut Connection, runs: &[(&str, i64)], now_ms: i64)
         }
     }
     transaction.commit()
+}
+
+fn write_dead(connection: &mut Connection, runs: &[(&str, i64)], detail: &str, now_ms: i64) -> rusqlite::Result<()> {
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut insert = transaction.prepare_cached(
+            "INSERT INTO main.skipped_runs (run_key, reason, completed_at, recorded_at, detail) VALUES (?1, 'dead', ?2, ?3, ?4)
+             ON CONFLICT (run_key) DO UPDATE SET reason = 'dead', recorded_at = ?3, detail = ?4",
+        )?;
+        let mut unclaim = transaction.prepare_cached("DELETE FROM main.claims WHERE run_key = ?1")?;
+        for (run_key, completed_at) in runs {
+            insert.execute(params![run_key, completed_at, now_ms, detail])?;
+            unclaim.execute([run_key])?;
+        }
+    }
+    transaction.commit()
+}
+
+fn write_claims(
+    connection: &mut Connection,
+    keys: &Rc<Vec<Value>>,
+    owner: &str,
+    now_ms: i64,
+    ttl_ms: i64,
+    alive: &dyn Fn(&str) -> bool,
+) -> rusqlite::Result<Vec<bool>> {
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let others: Vec<String> = {
+        let mut statement = transaction.prepare_cached("SELECT DISTINCT owner FROM main.claims WHERE owner != ?1")?;
+        let rows = statement.query_map([owner], |row| row.get(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for other in others.iter().filter(|other| !alive(other)) {
+        transaction.execute("DELETE FROM main.claims WHERE owner = ?1", [other])?;
+    }
+    transaction.execute("DELETE FROM main.claims WHERE claimed_at < ?1", [now_ms.saturating_sub(ttl_ms)])?;
+    transaction.execute(
+        "INSERT INTO main.claims (run_key, owner, claimed_at)
+         SELECT k.value, ?2, ?3 FROM rarray(?1) AS k
+         WHERE NOT EXISTS (SELECT 1 FROM temp.all_sent s WHERE s.run_key = k.value)
+           AND NOT EXISTS (SELECT 1 FROM temp.all_skipped d WHERE d.run_key = k.value AND d.reason = 'dead')
+         ON CONFLICT (run_key) DO NOTHING",
+        params![keys.clone(), owner, now_ms],
+    )?;
+    let held = {
+        let mut statement = transaction.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM main.claims c WHERE c.run_key = k.value AND c.owner = ?2) FROM rarray(?1) AS k",
+        )?;
+        let rows = statement.query_map(params![keys.clone(), owner], |row| row.get(0))?;
+        rows.collect::<rusqlite::Result<Vec<bool>>>()?
+    };
+    transaction.commit()?;
+    Ok(held)
 }
 
 fn configure(connection: &Connection) -> rusqlite::Result<()> {
@@ -398,5 +566,59 @@ mod tests {
         let missing = dir.path().join("none/ledger.db");
         Ledger::open_dry_run(&missing, None).unwrap();
         assert!(!missing.exists() && !missing.parent().unwrap().exists());
+    }
+
+    #[test]
+    fn claims_keep_owners_apart_until_released_dead_or_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        let mut a = Ledger::open(&path).unwrap();
+        let mut b = Ledger::open(&path).unwrap();
+        let alive = |_: &str| true;
+        assert_eq!(a.claim(&["x", "y"], "A", 1000, 60_000, &alive).unwrap(), [true, true]);
+        assert_eq!(b.claim(&["y", "z"], "B", 1000, 60_000, &alive).unwrap(), [false, true]);
+        // Re-claiming one's own keys keeps them.
+        assert_eq!(a.claim(&["x"], "A", 1000, 60_000, &alive).unwrap(), [true]);
+        a.release(&["y"], "A").unwrap();
+        assert_eq!(b.claim(&["y"], "B", 1000, 60_000, &alive).unwrap(), [true]);
+        // Sent runs cannot be claimed; marking drops the claim.
+        a.mark_sent(&[sent("x", 1)], 0).unwrap();
+        assert_eq!(b.claim(&["x"], "B", 1000, 60_000, &alive).unwrap(), [false]);
+        // A dead owner's claims go at once; an old claim goes after the TTL.
+        assert_eq!(a.claim(&["z"], "A", 2000, 60_000, &|owner| owner != "B").unwrap(), [true]);
+        assert_eq!(b.claim(&["z"], "B", 70_000, 60_000, &alive).unwrap(), [true]);
+    }
+
+    #[test]
+    fn dead_letters_are_skipped_until_requeued() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(&dir.path().join("ledger.db")).unwrap();
+        ledger.record_dead(&[("a", 10), ("b", 11)], "{\"errors\":[\"bad\"]}", 5).unwrap();
+        assert_eq!(ledger.states(&["a", "c"]).unwrap(), [KeyState::Dead, KeyState::Unknown]);
+        assert_eq!(ledger.claim(&["a"], "A", 0, 1, &|_| true).unwrap(), [false]);
+        let dead = ledger.dead_letters().unwrap();
+        assert_eq!(dead.len(), 2);
+        assert_eq!(dead[0].detail, "{\"errors\":[\"bad\"]}");
+        assert_eq!(ledger.requeue(Some(&["a".to_owned()])).unwrap(), 1);
+        assert_eq!(ledger.states(&["a", "b"]).unwrap(), [KeyState::Unknown, KeyState::Dead]);
+        assert_eq!(ledger.requeue(None).unwrap(), 1);
+        assert!(ledger.dead_letters().unwrap().is_empty());
+    }
+
+    #[test]
+    fn migrates_a_version_1_ledger_keeping_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        {
+            let connection = Connection::open(&path).unwrap();
+            connection.execute_batch(MIGRATIONS[0]).unwrap();
+            connection.pragma_update(None, "user_version", 1).unwrap();
+            connection.execute("INSERT INTO sent_metrics VALUES ('old', 1, 2, 3)", []).unwrap();
+        }
+        let mut ledger = Ledger::open(&path).unwrap();
+        assert_eq!(ledger.states(&["old"]).unwrap(), [KeyState::Sent]);
+        ledger.record_dead(&[("d", 1)], "x", 0).unwrap();
+        let version: i64 = open_read_only(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, 2);
     }
 }

@@ -7,13 +7,14 @@ pub mod datadog;
 pub mod error;
 pub mod ledger;
 pub mod metrics;
+pub mod retry;
 pub mod runlog;
 pub mod source;
 pub mod submit;
 
 use chrono::Utc;
 
-use crate::cli::{Cli, Command, OutputFormat};
+use crate::cli::{Cli, Command, LedgerAction, LedgerArgs, OutputFormat};
 use crate::config::{CheckConfig, SendConfig};
 use crate::runlog::{Header, RunLog};
 
@@ -37,6 +38,7 @@ pub fn run(cli: Cli) -> Result<Report, Error> {
     match cli.command {
         Command::Send(args) => send(SendConfig::from_args(args)?),
         Command::Check(args) => check(CheckConfig::from_args(args)?),
+        Command::Ledger(args) => ledger_command(args),
     }
 }
 
@@ -108,6 +110,35 @@ fn check(config: CheckConfig) -> Result<Report, Error> {
         ),
         json: None,
     })
+}
+
+fn ledger_command(args: LedgerArgs) -> Result<Report, Error> {
+    let mut ledger = ledger::Ledger::open(&args.ledger)?;
+    let (summary_line, json) = match args.action {
+        LedgerAction::Dead => {
+            let dead = ledger.dead_letters()?;
+            let rows: Vec<String> = dead
+                .iter()
+                .map(|letter| {
+                    serde_json::json!({
+                        "run_key": letter.run_key,
+                        "recorded_at": letter.recorded_at,
+                        "error": letter.detail,
+                    })
+                    .to_string()
+                })
+                .collect();
+            (
+                format!("{} dead letter(s) in {}", dead.len(), args.ledger.display()),
+                Some(rows.join("\n")).filter(|s| !s.is_empty()),
+            )
+        }
+        LedgerAction::Requeue { keys, all } => {
+            let freed = ledger.requeue(if all { None } else { Some(&keys) })?;
+            (format!("requeued {freed} dead letter(s): the next send sends them again"), None)
+        }
+    };
+    Ok(Report { exit_code: exit_code::OK, summary_line, json })
 }
 
 /// An error and its causes on one line: `failed to open ledger at x: file is not a database`.

@@ -2,22 +2,30 @@
 //! along the way. Reads top to bottom, one comment per stage.
 //!
 //! Invariants kept here:
-//! - a run is marked sent only after the 2xx of the request that carried it;
+//! - a run is marked sent only after the 2xx of the request that carried it (with
+//!   `--at-most-once`: just before its request, and unmarked again if the request fails);
 //! - all series of one run travel in one request, and so do runs whose counts are summed;
-//! - input is read on its own thread into bounded chunks, so memory does not grow with the input.
+//! - a run is claimed in the ledger before its request starts, so an overlapping invocation skips
+//!   it; the claim goes when the run is marked, released, or its owner dies;
+//! - input is read on its own thread into bounded chunks, and at most `--concurrency` requests
+//!   are in flight, so memory does not grow with the input.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use chrono::Utc;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 
 use crate::config::SendConfig;
-use crate::datadog::{self, Client, DatadogError};
+use crate::datadog::{self, Client, Compression, DatadogError};
 use crate::error::exit_code;
 use crate::ledger::{KeyState, Ledger, LedgerError, SentRun};
 use crate::metrics::{self, Age, Planned, Validated};
+use crate::retry::{self, Backoff, RetryPolicy};
 use crate::runlog::{RequestLine, RunLog};
 use crate::source::{self, Input, Record, SinkResult, Stop};
 
@@ -36,9 +44,14 @@ pub struct Summary {
     pub sent: u64,
     /// ... or that a live run would send (dry run).
     pub would_send: u64,
-    /// Runs in requests that failed: not marked, sent by a later invocation.
+    /// Runs not sent because their request failed or the invocation stopped: not marked, so
+    /// a later invocation sends them.
     pub failed: u64,
+    /// Runs Datadog rejected on their own (400): recorded as dead letters, never as sent.
+    pub dead_letters: u64,
     pub requests: u64,
+    /// Attempts beyond the first, over all requests.
+    pub retries: u64,
     pub series: u64,
     pub points: u64,
     pub raw_bytes: u64,
@@ -46,10 +59,14 @@ pub struct Summary {
     pub already_sent: u64,
     pub not_completed: u64,
     pub duplicates: u64,
+    /// Being sent by another invocation sharing the ledger.
+    pub claimed_elsewhere: u64,
     /// Completed longer ago than --max-age, recorded by this invocation.
     pub too_old: u64,
     /// Recorded as too old by an earlier invocation.
     pub too_old_before: u64,
+    /// Dead letters from earlier invocations, skipped until requeued.
+    pub dead_before: u64,
     /// Records that are not valid runs (skipped, reported).
     pub invalid: u64,
     /// Inputs that could not be read to their end, and other errors, one message each.
@@ -66,6 +83,8 @@ enum Halt {
     Auth(String),
     Ledger(String),
     Input(String),
+    Breaker(String),
+    Signal(i32),
 }
 
 /// Runs the whole `send`: reads, filters, converts, posts, marks, logs.
@@ -75,8 +94,8 @@ enum Halt {
 /// later problems are counted in the returned summary.
 pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crate::Error> {
     let started = Instant::now();
-    // Stage 0: open the ledger (a dry run reads it and writes only to memory or its own record)
-    // and the client (none in a dry run).
+    // Stage 0: open the ledger (a dry run reads it and writes only to memory or its own record),
+    // the client (none in a dry run), and listen for SIGINT/SIGTERM.
     let ledger = if config.dry_run {
         Ledger::open_dry_run(&config.ledger, config.dry_run_record.as_deref())?
     } else {
@@ -84,10 +103,11 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
     };
     let client = match &config.api_key {
         Some(key) if !config.dry_run => {
-            Some(Client::new(&config.endpoint.base_url, key.clone(), config.endpoint.request_timeout)?)
+            Some(Arc::new(Client::new(&config.endpoint.base_url, key.clone(), config.endpoint.request_timeout)?))
         }
         _ => None,
     };
+    let signals = listen_for_signals();
     let mut pipeline = Pipeline {
         config,
         ledger,
@@ -96,6 +116,13 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
         summary: Summary { dry_run: config.dry_run, ..Summary::default() },
         buffer: Vec::new(),
         pending_keys: HashSet::new(),
+        split_queue: VecDeque::new(),
+        inflight: JoinSet::new(),
+        inflight_runs: HashMap::new(),
+        inflight_counts: HashMap::new(),
+        consecutive_failures: 0,
+        owner: owner_id(),
+        signals: signals.clone(),
         halt: None,
         warned: 0,
     };
@@ -105,17 +132,41 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
     let inputs = config.inputs.clone();
     let reader = std::thread::spawn(move || read_all(&inputs, &sender));
 
-    // Stages 2-5 per chunk: validate, filter against the ledger, plan, send full batches.
-    while let Some(message) = receiver.recv().await {
-        match message {
-            Message::Records(records) => pipeline.take(records).await,
-            Message::InputFailed(error) => {
-                pipeline.log.input_error(&error.input, &error.message);
-                tracing::error!(input = %error.input, error = %error.message, "input not read to its end");
-                pipeline.summary.errors.push(error.message);
-            }
+    // Stages 2-6 run as input arrives and requests complete.
+    let mut input_done = false;
+    let mut signals = signals;
+    loop {
+        pipeline.dispatch_ready(input_done).await;
+        if pipeline.inflight.is_empty()
+            && (pipeline.halt.is_some()
+                || (input_done && pipeline.buffer.is_empty() && pipeline.split_queue.is_empty()))
+        {
+            break;
         }
-        if pipeline.halt.is_some() {
+        let can_read = !input_done && pipeline.halt.is_none() && pipeline.buffer.len() < config.batch_size;
+        tokio::select! {
+            changed = signals.changed(), if pipeline.halt.is_none() => {
+                if changed.is_ok() {
+                    if let Some(code) = *signals.borrow() {
+                        pipeline.stop_on_signal(code);
+                    }
+                }
+            }
+            Some(done) = pipeline.inflight.join_next(), if !pipeline.inflight.is_empty() => {
+                pipeline.complete(done);
+            }
+            message = receiver.recv(), if can_read => match message {
+                None => input_done = true,
+                Some(Message::Records(records)) => pipeline.take(records),
+                Some(Message::InputFailed(error)) => {
+                    pipeline.log.input_error(&error.input, &error.message);
+                    tracing::error!(input = %error.input, error = %error.message, "input not read to its end");
+                    pipeline.summary.errors.push(error.message);
+                }
+            },
+        }
+        if matches!(pipeline.halt, Some(Halt::Signal(_))) {
+            pipeline.drain_within_grace().await;
             break;
         }
     }
@@ -123,10 +174,6 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
     drop(receiver);
     let _ = reader.join();
 
-    // Stage 6: send what is left, then close the summary.
-    if pipeline.halt.is_none() {
-        pipeline.flush().await;
-    }
     let mut summary = pipeline.finish();
     summary.elapsed_seconds = started.elapsed().as_secs_f64();
     Ok(summary)
@@ -170,22 +217,144 @@ fn read_all(inputs: &[Input], sender: &mpsc::Sender<Message>) {
     }
 }
 
+/// The first SIGINT/SIGTERM sets the watched value to the exit code (130/143); a second one ends
+/// the process at once. That is safe: runs are marked only after a 2xx, so nothing is lost, and
+/// claims of a dead process are dropped by the next invocation.
+fn listen_for_signals() -> watch::Receiver<Option<i32>> {
+    let (sender, receiver) = watch::channel(None);
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+        else {
+            return;
+        };
+        let first = tokio::select! {
+            _ = interrupt.recv() => 130,
+            _ = terminate.recv() => 143,
+        };
+        let _ = sender.send(Some(first));
+        let second = tokio::select! {
+            _ = interrupt.recv() => 130,
+            _ = terminate.recv() => 143,
+        };
+        eprintln!("workflow-metrics: second signal, exiting now; unconfirmed runs stay unmarked");
+        // The one exit outside `main`: a second signal means "now", whatever is in flight.
+        std::process::exit(second);
+    });
+    receiver
+}
+
+/// Identifies this invocation in claims: `host:pid:start`, so another invocation on the same
+/// host can tell whether the owner still runs.
+fn owner_id() -> String {
+    let pid = std::process::id();
+    format!("{}:{pid}:{}", host_name(), process_start(pid).unwrap_or_default())
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|name| name.trim().to_owned()).unwrap_or_default()
+}
+
+/// The start time of a process (field 22 of `/proc/PID/stat`), which tells a reused pid apart.
+fn process_start(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19).map(str::to_owned)
+}
+
+/// Whether the owner of a claim still runs. Owners on other hosts, or on a system without
+/// `/proc`, are taken as alive: their claims expire after the claim TTL instead.
+fn owner_alive(owner: &str) -> bool {
+    let mut parts = owner.rsplitn(3, ':');
+    let (Some(start), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else { return true };
+    if host.is_empty() || start.is_empty() || host != host_name() {
+        return true;
+    }
+    let Ok(pid) = pid.parse::<u32>() else { return true };
+    process_start(pid).as_deref() == Some(start)
+}
+
+/// What a request task reports back.
+struct Delivery {
+    number: u64,
+    attempts: u32,
+    result: Result<u16, DatadogError>,
+    /// Given up because of a shutdown signal.
+    cancelled: bool,
+}
+
+/// Posts one body, retrying transient failures (408, 429, 5xx, timeouts, refused or reset
+/// connections) with backoff and jitter, within the attempt and deadline bounds; honours
+/// `Retry-After`/`X-RateLimit-Reset`. Stops waiting at a shutdown signal.
+async fn deliver(
+    client: Arc<Client>,
+    body: Bytes,
+    compression: Compression,
+    policy: RetryPolicy,
+    number: u64,
+    mut signals: watch::Receiver<Option<i32>>,
+) -> Delivery {
+    let started = Instant::now();
+    let mut backoff = Backoff::new(&policy, number);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let result = client.post_series(body.clone(), compression).await;
+        let error = match result {
+            Ok(accepted) => return Delivery { number, attempts, result: Ok(accepted.status), cancelled: false },
+            Err(error) => error,
+        };
+        let remaining = policy.deadline.saturating_sub(started.elapsed());
+        let wait = backoff.next().and_then(|delay| retry::next_wait(delay, error.retry_after(), remaining));
+        let wait = match wait {
+            Some(wait) if error.is_retriable() && attempts < policy.max_attempts && signals.borrow().is_none() => wait,
+            _ => return Delivery { number, attempts, result: Err(error), cancelled: false },
+        };
+        tracing::warn!(request = number, attempt = attempts, delay_ms = wait.as_millis() as u64, error = %error, "retrying request");
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = signals.changed() => return Delivery { number, attempts, result: Err(error), cancelled: true },
+        }
+    }
+}
+
 struct Pipeline<'a> {
     config: &'a SendConfig,
     ledger: Ledger,
-    client: Option<Client>,
+    client: Option<Arc<Client>>,
     log: &'a mut RunLog,
     summary: Summary,
-    /// Planned runs not yet sent.
+    /// Planned runs not yet in a request.
     buffer: Vec<Planned>,
-    /// Keys in `buffer`: a run read twice is sent once.
+    /// Keys in `buffer` or in flight: a run read twice is sent once.
     pending_keys: HashSet<String>,
+    /// Halves of requests Datadog found too large (413) or bad (400), to send again.
+    split_queue: VecDeque<Vec<Planned>>,
+    inflight: JoinSet<Delivery>,
+    /// The runs of each request in flight, by request number.
+    inflight_runs: HashMap<u64, InFlight>,
+    /// Runs per point key in flight: summed into later requests' counts.
+    inflight_counts: HashMap<i64, u32>,
+    consecutive_failures: u32,
+    owner: String,
+    signals: watch::Receiver<Option<i32>>,
     halt: Option<Halt>,
     warned: u64,
 }
 
+struct InFlight {
+    runs: Vec<Planned>,
+    raw_bytes: usize,
+    compressed_bytes: usize,
+    series: u64,
+    points: u64,
+}
+
 impl Pipeline<'_> {
-    async fn take(&mut self, records: Vec<Record>) {
+    /// Stages 2-4 for one chunk of records: validate, filter against the ledger, plan.
+    fn take(&mut self, records: Vec<Record>) {
         let now_ms = Utc::now().timestamp_millis();
         let now = now_ms.div_euclid(1000);
         // Stage 2: validate each record into a completed run, or count why not.
@@ -233,13 +402,18 @@ impl Pipeline<'_> {
             Err(error) => return self.ledger_failed(&error),
         };
         let max_age = i64::try_from(self.config.max_age.as_secs()).unwrap_or(i64::MAX);
+        let retry_old = self.config.historical || self.config.stamp_now;
         let mut too_old = Vec::new();
         for (run, state) in completed.into_iter().zip(states) {
-            let retry_old = self.config.historical || self.config.stamp_now;
             match state {
                 KeyState::Sent => {
                     self.summary.already_sent += 1;
                     self.log.skip("already_sent", &run.key, None);
+                    continue;
+                }
+                KeyState::Dead => {
+                    self.summary.dead_before += 1;
+                    self.log.skip("dead_letter", &run.key, None);
                     continue;
                 }
                 KeyState::SkippedTooOld if !retry_old => {
@@ -272,149 +446,320 @@ impl Pipeline<'_> {
         if !too_old.is_empty() {
             let rows: Vec<(&str, i64)> = too_old.iter().map(|(key, at)| (key.as_str(), *at)).collect();
             if let Err(error) = self.ledger.record_too_old(&rows, now_ms) {
-                return self.ledger_failed(&error);
+                self.ledger_failed(&error);
             }
-        }
-
-        // Stage 5: send full batches.
-        if self.buffer.len() >= self.config.batch_size {
-            self.flush().await;
         }
     }
 
-    /// Sends everything in the buffer, in requests of at most `batch_size` runs.
-    async fn flush(&mut self) {
-        while !self.buffer.is_empty() && self.halt.is_none() {
-            let take = self.buffer.len().min(self.config.batch_size);
-            let batch: Vec<Planned> = self.buffer.drain(..take).collect();
-            self.send_batch(batch).await;
-        }
-        self.pending_keys.clear();
-    }
-
-    /// Builds, sizes, posts and marks one batch, splitting it while it exceeds Datadog's limits.
-    async fn send_batch(&mut self, batch: Vec<Planned>) {
-        let mut queue = vec![batch];
-        while let Some(runs) = queue.pop() {
-            if self.halt.is_some() {
-                return;
-            }
-            // Counts are summed on top of the runs with the same point key sent before.
-            let point_keys: Vec<i64> = runs.iter().map(|planned| planned.point_key).collect();
-            let sent_before = match self.ledger.sent_counts(&point_keys) {
-                Ok(counts) => counts,
-                Err(error) => return self.ledger_failed(&error),
-            };
-            let series = self.config.spec.series(&runs, &|point_key| sent_before.get(&point_key).copied().unwrap_or(0));
-            let raw = datadog::encode_series(&series);
-            let compressed = if raw.len() <= datadog::MAX_RAW_BYTES {
-                match self.config.compression.compress(&raw) {
-                    Ok(compressed) => Some(compressed),
-                    Err(error) => {
-                        self.summary.errors.push(format!("compression failed: {error}"));
-                        self.summary.failed += runs.len() as u64;
-                        continue;
-                    }
-                }
+    /// Stage 5: starts requests while there is room: split halves first, then full batches, then
+    /// (once the input is read) the rest.
+    async fn dispatch_ready(&mut self, input_done: bool) {
+        while self.halt.is_none() && self.inflight.len() < self.config.concurrency {
+            let batch = if let Some(batch) = self.split_queue.pop_front() {
+                batch
+            } else if self.buffer.len() >= self.config.batch_size || (input_done && !self.buffer.is_empty()) {
+                let take = self.buffer.len().min(self.config.batch_size);
+                self.buffer.drain(..take).collect()
             } else {
-                None
+                return;
             };
-            let Some(compressed) = compressed.filter(|body| body.len() <= datadog::MAX_COMPRESSED_BYTES) else {
-                match metrics::split_in_two(runs) {
-                    Ok((first, second)) => {
-                        queue.push(second);
-                        queue.push(first);
-                    }
-                    Err(runs) => {
-                        let message = format!("{} run(s) make a request larger than Datadog accepts", runs.len());
-                        self.summary.errors.push(message);
-                        self.summary.failed += runs.len() as u64;
-                    }
-                }
-                continue;
-            };
-            self.post(&runs, &series, raw.len(), compressed).await;
+            self.dispatch(batch).await;
         }
     }
 
-    async fn post(&mut self, runs: &[Planned], series: &[metrics::Series], raw_bytes: usize, body: Vec<u8>) {
+    /// Claims, builds, sizes and starts one request (in a dry run: records it at once).
+    async fn dispatch(&mut self, batch: Vec<Planned>) {
+        let now_ms = Utc::now().timestamp_millis();
+        // Claim the runs, so an overlapping invocation leaves them alone.
+        let runs = if self.config.dry_run { batch } else { self.claim(batch, now_ms) };
+        if runs.is_empty() || self.halt.is_some() {
+            return;
+        }
+        // Counts are summed on top of the runs with the same point key sent before or in flight.
+        let point_keys: Vec<i64> = runs.iter().map(|planned| planned.point_key).collect();
+        let sent_before = match self.ledger.sent_counts(&point_keys) {
+            Ok(counts) => counts,
+            Err(error) => return self.abandon(runs, &error),
+        };
+        let inflight = &self.inflight_counts;
+        let before = |point_key: i64| {
+            sent_before.get(&point_key).copied().unwrap_or(0) + inflight.get(&point_key).copied().unwrap_or(0)
+        };
+        let series = self.config.spec.series(&runs, &before);
+        let raw = datadog::encode_series(&series);
+        let compressed =
+            if raw.len() <= datadog::MAX_RAW_BYTES { self.config.compression.compress(&raw).ok() } else { None };
+        let Some(compressed) = compressed.filter(|body| body.len() <= datadog::MAX_COMPRESSED_BYTES) else {
+            return self.split_or_give_up(runs, "too large for one request");
+        };
+
         self.summary.requests += 1;
         let number = self.summary.requests;
-        for planned in runs {
+        for planned in &runs {
             self.log.send(&planned.run.key, planned.timestamp, planned.timestamp != planned.run.completed_at);
         }
-        for one in series {
+        for one in &series {
             self.log.series(number, one);
         }
-        let keys: Vec<&str> = runs.iter().map(|planned| planned.run.key.as_str()).collect();
-        let compressed_bytes = body.len();
-        let mut line = RequestLine {
-            number,
-            keys: &keys,
-            raw_bytes,
-            compressed_bytes,
-            status: "dry-run",
-            attempts: 0,
-            error: None,
+        let flight = InFlight {
+            raw_bytes: raw.len(),
+            compressed_bytes: compressed.len(),
+            series: series.len() as u64,
+            points: series.iter().map(|one| one.points.len() as u64).sum(),
+            runs,
         };
-        let outcome = match &self.client {
-            None => Ok(None),
-            Some(client) => client.post_series(body, self.config.compression).await.map(Some),
+        // --at-most-once: marked before the request, so a crash loses the runs instead of
+        // resending them.
+        if self.config.at_most_once && !self.config.dry_run {
+            if let Err(error) = self.mark(&flight.runs, now_ms) {
+                return self.abandon(flight.runs, &error);
+            }
+        }
+        let Some(client) = self.client.clone() else {
+            // A dry run: what a live run would post, recorded in the dry run's own ledger.
+            self.inflight_runs.insert(number, flight);
+            return self.complete_delivery(Delivery { number, attempts: 0, result: Ok(0), cancelled: false });
+        };
+        for planned in &flight.runs {
+            *self.inflight_counts.entry(planned.point_key).or_default() += 1;
+        }
+        self.inflight_runs.insert(number, flight);
+        let policy = self.config.retry.clone();
+        self.inflight.spawn(deliver(
+            client,
+            Bytes::from(compressed),
+            self.config.compression,
+            policy,
+            number,
+            self.signals.clone(),
+        ));
+    }
+
+    fn claim(&mut self, batch: Vec<Planned>, now_ms: i64) -> Vec<Planned> {
+        let keys: Vec<&str> = batch.iter().map(|planned| planned.run.key.as_str()).collect();
+        let ttl_ms = i64::try_from(self.config.claim_ttl.as_millis()).unwrap_or(i64::MAX);
+        let held = match self.ledger.claim(&keys, &self.owner, now_ms, ttl_ms, &owner_alive) {
+            Ok(held) => held,
+            Err(error) => {
+                self.summary.failed += batch.len() as u64;
+                self.ledger_failed(&error);
+                return Vec::new();
+            }
+        };
+        let mut claimed = Vec::with_capacity(batch.len());
+        for (planned, held) in batch.into_iter().zip(held) {
+            if held {
+                claimed.push(planned);
+            } else {
+                self.summary.claimed_elsewhere += 1;
+                self.log.skip("claimed_elsewhere", &planned.run.key, None);
+                self.pending_keys.remove(&planned.run.key);
+            }
+        }
+        claimed
+    }
+
+    /// Stage 6: a request finished (or its task failed).
+    fn complete(&mut self, done: Result<Delivery, tokio::task::JoinError>) {
+        match done {
+            Ok(delivery) => self.complete_delivery(delivery),
+            // A request task panicked or was aborted: its runs are found by elimination in
+            // `drain_within_grace`/`finish`; nothing here is marked.
+            Err(error) => tracing::error!(error = %error, "request task ended abnormally"),
+        }
+    }
+
+    fn complete_delivery(&mut self, delivery: Delivery) {
+        let Some(flight) = self.inflight_runs.remove(&delivery.number) else { return };
+        for planned in &flight.runs {
+            if let Some(count) = self.inflight_counts.get_mut(&planned.point_key) {
+                *count -= 1;
+                if *count == 0 {
+                    self.inflight_counts.remove(&planned.point_key);
+                }
+            }
+        }
+        self.summary.retries += u64::from(delivery.attempts.saturating_sub(1));
+        let keys: Vec<&str> = flight.runs.iter().map(|planned| planned.run.key.as_str()).collect();
+        let mut line = RequestLine {
+            number: delivery.number,
+            keys: &keys,
+            raw_bytes: flight.raw_bytes,
+            compressed_bytes: flight.compressed_bytes,
+            status: "dry-run",
+            attempts: delivery.attempts,
+            error: None,
         };
         let status_text;
         let error_text;
-        match outcome {
-            Ok(accepted) => {
-                if let Some(accepted) = &accepted {
-                    status_text = accepted.status.to_string();
+        match delivery.result {
+            Ok(status) => {
+                if !self.config.dry_run {
+                    status_text = status.to_string();
                     line.status = &status_text;
-                    line.attempts = 1;
                 }
-                // Marked only now, after the 2xx (or, in a dry run, in the dry run's own record).
-                let sent: Vec<SentRun<'_>> = runs
-                    .iter()
-                    .map(|planned| SentRun {
-                        run_key: &planned.run.key,
-                        point_key: planned.point_key,
-                        completed_at: planned.timestamp,
-                    })
-                    .collect();
-                let marked = self.ledger.mark_sent(&sent, Utc::now().timestamp_millis());
                 self.log.request(&line);
-                if let Err(error) = marked {
-                    // Datadog has the points; the next invocation resends them, identical.
-                    self.summary.failed += runs.len() as u64;
-                    return self.ledger_failed(&error);
-                }
-                if self.config.dry_run {
-                    self.summary.would_send += runs.len() as u64;
-                } else {
-                    self.summary.sent += runs.len() as u64;
-                }
-                self.summary.series += series.len() as u64;
-                self.summary.points += series.iter().map(|one| one.points.len() as u64).sum::<u64>();
-                self.summary.raw_bytes += raw_bytes as u64;
-                self.summary.compressed_bytes += compressed_bytes as u64;
+                drop(keys);
+                self.delivered(flight);
             }
             Err(error) => {
                 status_text = error.status().map_or_else(|| "error".to_owned(), |status| status.to_string());
                 error_text = error.to_string();
                 line.status = &status_text;
-                line.attempts = 1;
                 line.error = Some(&error_text);
                 self.log.request(&line);
-                self.summary.failed += runs.len() as u64;
-                self.request_failed(&error);
+                drop(keys);
+                self.undelivered(flight.runs, &error, delivery.cancelled);
             }
         }
     }
 
-    fn request_failed(&mut self, error: &DatadogError) {
-        tracing::error!(error = %error, "request failed; its runs stay unmarked");
+    /// Marks the runs of a confirmed request (in a dry run: in the dry run's own record).
+    fn delivered(&mut self, flight: InFlight) {
+        self.consecutive_failures = 0;
+        if !self.config.at_most_once || self.config.dry_run {
+            if let Err(error) = self.mark(&flight.runs, Utc::now().timestamp_millis()) {
+                // Datadog has the points; the next invocation resends them, identical.
+                self.summary.failed += flight.runs.len() as u64;
+                return self.ledger_failed(&error);
+            }
+        }
+        let count = flight.runs.len() as u64;
+        if self.config.dry_run {
+            self.summary.would_send += count;
+        } else {
+            self.summary.sent += count;
+        }
+        for planned in &flight.runs {
+            self.pending_keys.remove(&planned.run.key);
+        }
+        self.summary.series += flight.series;
+        self.summary.points += flight.points;
+        self.summary.raw_bytes += flight.raw_bytes as u64;
+        self.summary.compressed_bytes += flight.compressed_bytes as u64;
+    }
+
+    fn mark(&mut self, runs: &[Planned], now_ms: i64) -> Result<(), LedgerError> {
+        let sent: Vec<SentRun<'_>> = runs
+            .iter()
+            .map(|planned| SentRun {
+                run_key: &planned.run.key,
+                point_key: planned.point_key,
+                completed_at: planned.timestamp,
+            })
+            .collect();
+        self.ledger.mark_sent(&sent, now_ms)
+    }
+
+    fn undelivered(&mut self, runs: Vec<Planned>, error: &DatadogError, cancelled: bool) {
+        // 400 and 413: the request itself is at fault. Halve it until the culprits stand alone:
+        // they become dead letters (400) and every other run is sent.
+        if !cancelled && matches!(error.status(), Some(400 | 413)) {
+            if self.config.at_most_once {
+                self.unmark(&runs);
+            }
+            return self.split_or_give_up(runs, &error.to_string());
+        }
+        tracing::error!(error = %error, runs = runs.len(), "request failed; its runs stay unmarked");
+        self.summary.failed += runs.len() as u64;
+        self.let_go(&runs);
+        if cancelled {
+            return;
+        }
         if error.is_auth() {
             self.halt = Some(Halt::Auth(format!("Datadog rejected the API key: {error}")));
-        } else {
-            self.summary.errors.push(error.to_string());
+            return;
+        }
+        self.summary.errors.push(error.to_string());
+        self.consecutive_failures += 1;
+        if self.consecutive_failures >= self.config.circuit_breaker {
+            self.halt = Some(Halt::Breaker(format!(
+                "{} consecutive requests failed after their retries; the rest is left for the next invocation",
+                self.consecutive_failures
+            )));
+        }
+    }
+
+    /// Releases the claims (and, with --at-most-once, the marks) of runs that were not delivered.
+    fn let_go(&mut self, runs: &[Planned]) {
+        for planned in runs {
+            self.pending_keys.remove(&planned.run.key);
+        }
+        if self.config.dry_run {
+            return;
+        }
+        if self.config.at_most_once {
+            self.unmark(runs);
+        }
+        let keys: Vec<&str> = runs.iter().map(|planned| planned.run.key.as_str()).collect();
+        if let Err(error) = self.ledger.release(&keys, &self.owner) {
+            // The claims expire, or go when this process has ended.
+            tracing::warn!(error = %crate::error_chain(&error), "could not release claims");
+        }
+    }
+
+    fn unmark(&mut self, runs: &[Planned]) {
+        let keys: Vec<&str> = runs.iter().map(|planned| planned.run.key.as_str()).collect();
+        if let Err(error) = self.ledger.unmark(&keys) {
+            tracing::error!(error = %crate::error_chain(&error), "could not unmark runs whose request failed (--at-most-once): they are lost");
+        }
+    }
+
+    fn split_or_give_up(&mut self, runs: Vec<Planned>, reason: &str) {
+        match metrics::split_in_two(runs) {
+            Ok((first, second)) => {
+                self.split_queue.push_front(second);
+                self.split_queue.push_front(first);
+            }
+            Err(runs) => {
+                // One run (or runs summed into one point) that Datadog will never take.
+                let rows: Vec<(&str, i64)> =
+                    runs.iter().map(|planned| (planned.run.key.as_str(), planned.timestamp)).collect();
+                let result = if self.config.dry_run {
+                    Ok(())
+                } else {
+                    self.ledger.record_dead(&rows, reason, Utc::now().timestamp_millis())
+                };
+                for planned in &runs {
+                    self.log.skip("dead_letter", &planned.run.key, Some(&format!("reason={reason}")));
+                    self.pending_keys.remove(&planned.run.key);
+                }
+                tracing::error!(runs = runs.len(), reason, "runs rejected by Datadog recorded as dead letters");
+                self.summary.dead_letters += runs.len() as u64;
+                if let Err(error) = result {
+                    self.ledger_failed(&error);
+                }
+            }
+        }
+    }
+
+    /// The runs of a request that could not start (ledger failure while preparing it).
+    fn abandon(&mut self, runs: Vec<Planned>, error: &LedgerError) {
+        self.summary.failed += runs.len() as u64;
+        self.let_go(&runs);
+        self.ledger_failed(error);
+    }
+
+    fn stop_on_signal(&mut self, code: i32) {
+        tracing::warn!(code, "signal received: no new requests; waiting for those in flight");
+        self.log.note(&format!("note: signal received, stopping (exit code {code})"));
+        self.halt = Some(Halt::Signal(code));
+    }
+
+    /// After a signal: requests in flight get `--shutdown-grace` to finish; the rest are abandoned
+    /// unmarked.
+    async fn drain_within_grace(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
+        while !self.inflight.is_empty() {
+            match tokio::time::timeout_at(deadline, self.inflight.join_next()).await {
+                Ok(Some(done)) => self.complete(done),
+                Ok(None) => break,
+                Err(_) => {
+                    self.inflight.abort_all();
+                    while self.inflight.join_next().await.is_some() {}
+                    break;
+                }
+            }
         }
     }
 
@@ -434,19 +779,30 @@ impl Pipeline<'_> {
     }
 
     fn finish(mut self) -> Summary {
-        // Runs planned but never posted (halted) are not sent: count them as failed.
-        self.summary.failed += self.buffer.len() as u64;
+        // Runs planned or in flight but never confirmed (halted) are not sent.
+        let abandoned: Vec<Planned> = self
+            .inflight_runs
+            .drain()
+            .flat_map(|(_, flight)| flight.runs)
+            .chain(self.split_queue.drain(..).flatten())
+            .chain(self.buffer.drain(..))
+            .collect();
+        self.summary.failed += abandoned.len() as u64;
+        self.let_go(&abandoned);
         let summary = &mut self.summary;
         summary.exit_code = match &self.halt {
+            Some(Halt::Signal(code)) => *code,
             Some(Halt::Auth(_)) => exit_code::AUTH,
             Some(Halt::Ledger(_)) => exit_code::LEDGER,
             Some(Halt::Input(_)) => exit_code::INPUT,
-            None if summary.invalid > 0 || !summary.errors.is_empty() && summary.failed == 0 => exit_code::INPUT,
+            Some(Halt::Breaker(_)) => exit_code::PARTIAL,
             None if summary.failed > 0 => exit_code::PARTIAL,
+            None if summary.invalid > 0 || summary.dead_letters > 0 || !summary.errors.is_empty() => exit_code::INPUT,
             None => exit_code::OK,
         };
         summary.stopped = self.halt.map(|halt| match halt {
-            Halt::Auth(message) | Halt::Ledger(message) | Halt::Input(message) => message,
+            Halt::Auth(message) | Halt::Ledger(message) | Halt::Input(message) | Halt::Breaker(message) => message,
+            Halt::Signal(code) => format!("signal (exit code {code})"),
         });
         self.summary
     }
@@ -461,12 +817,17 @@ impl Summary {
         } else {
             parts.push(format!("sent {} run(s) in {} request(s)", self.sent, self.requests));
         }
+        if self.retries > 0 {
+            parts.push(format!("{} retries", self.retries));
+        }
         let skipped: Vec<String> = [
             (self.already_sent, "already sent"),
             (self.not_completed, "not completed"),
             (self.duplicates, "duplicate"),
+            (self.claimed_elsewhere, "being sent by another invocation"),
             (self.too_old, "too old"),
             (self.too_old_before, "too old before"),
+            (self.dead_before, "dead letter before"),
         ]
         .iter()
         .filter(|(count, _)| *count > 0)
@@ -477,6 +838,12 @@ impl Summary {
         }
         if self.invalid > 0 {
             parts.push(format!("{} invalid record(s)", self.invalid));
+        }
+        if self.dead_letters > 0 {
+            parts.push(format!(
+                "{} run(s) rejected by Datadog, recorded as dead letters (workflow-metrics ledger dead)",
+                self.dead_letters
+            ));
         }
         if self.failed > 0 {
             parts.push(format!("{} run(s) NOT sent (left for the next invocation)", self.failed));

@@ -80,12 +80,12 @@ fn server_error_marks_nothing_and_the_next_invocation_sends() {
     let env = Env::new();
     let intake = Intake::start();
     let file = env.file("runs.json", fixtures::rest_page(&runs, now).to_string());
-    intake.script([Reply::status(500)]);
-    let out = env.send(&intake).arg(&file).run();
+    intake.script([Reply::status(500), Reply::status(502), Reply::status(503)]);
+    let out = env.send(&intake).arg(&file).args(["--max-attempts", "3"]).run();
     out.expect_code(1);
     assert!(out.stderr.contains("2 run(s) NOT sent"), "{}", out.stderr);
     assert!(env.sent_keys().is_empty());
-    assert!(env.logs()[0].contains("status=500"));
+    assert!(env.logs()[0].contains("status=503 attempts=3"), "{}", env.logs()[0]);
     env.send(&intake).arg(&file).run().expect_code(0);
     assert_eq!(env.sent_keys().len(), 2);
     assert_eq!(intake.total(TOTAL), 2.0);

@@ -27,14 +27,34 @@ pub const MAX_RAW: usize = 5_242_880;
 /// A scripted answer to one request.
 #[derive(Clone, Debug)]
 pub enum Reply {
-    Status { status: u16, headers: Vec<(String, String)>, body: String },
+    Status {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+    /// Close the connection without an answer.
+    Drop,
+    /// Wait this long, then answer as usual (accept a valid request).
+    Delay(std::time::Duration),
 }
 
 impl Reply {
     pub fn status(status: u16) -> Reply {
         Reply::Status { status, headers: Vec::new(), body: format!("{{\"errors\":[\"scripted {status}\"]}}") }
     }
+
+    pub fn with_header(status: u16, name: &str, value: &str) -> Reply {
+        Reply::Status {
+            status,
+            headers: vec![(name.to_owned(), value.to_owned())],
+            body: format!("{{\"errors\":[\"scripted {status}\"]}}"),
+        }
+    }
 }
+
+/// Called for each valid series request with its 0-based number, before it is answered;
+/// returns false to answer 503 without accepting (the hook killed the client, say).
+pub type Hook = Box<dyn Fn(usize) -> bool + Send + Sync>;
 
 /// One point Datadog would keep: metric, sorted tags, timestamp, value.
 #[derive(Clone, Debug, PartialEq)]
@@ -55,6 +75,12 @@ struct Inner {
     accepted: Vec<Point>,
     /// Points Datadog would drop silently (outside its time window).
     dropped: Vec<Point>,
+    /// Requests carrying a series with this tag are answered 400 (a run Datadog rejects).
+    poison_tag: Option<String>,
+    /// Every valid request waits this long before it is answered.
+    latency: std::time::Duration,
+    hook: Option<Arc<Hook>>,
+    valid_requests: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -75,6 +101,7 @@ pub struct Intake {
 impl Intake {
     /// Starts the intake on its own thread and runtime; it lives as long as the test process.
     pub fn start() -> Intake {
+        silence_dropped_connection_panics();
         let inner = Arc::new(Mutex::new(Inner::default()));
         let state = inner.clone();
         let (sender, receiver) = std::sync::mpsc::channel();
@@ -100,6 +127,26 @@ impl Intake {
 
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
         self.inner.lock().unwrap().script.extend(replies);
+    }
+
+    pub fn poison(&self, tag: &str) {
+        self.inner.lock().unwrap().poison_tag = Some(tag.to_owned());
+    }
+
+    pub fn latency(&self, latency: std::time::Duration) {
+        self.inner.lock().unwrap().latency = latency;
+    }
+
+    pub fn hook(&self, hook: Hook) {
+        self.inner.lock().unwrap().hook = Some(Arc::new(hook));
+    }
+
+    pub fn clear_script(&self) {
+        self.inner.lock().unwrap().script.clear();
+    }
+
+    pub fn clear_hook(&self) {
+        self.inner.lock().unwrap().hook = None;
     }
 
     pub fn requests(&self) -> Vec<Request> {
@@ -135,6 +182,18 @@ impl Intake {
     }
 }
 
+fn silence_dropped_connection_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<DroppedConnection>().is_none() {
+                previous(info);
+            }
+        }));
+    });
+}
+
 fn schema_validator() -> &'static jsonschema::Validator {
     static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
     VALIDATOR.get_or_init(|| {
@@ -162,32 +221,84 @@ async fn series(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body
     let encoding = headers.get("content-encoding").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let mut request =
         Request { status: 0, encoding: encoding.clone(), compressed_bytes: body.len(), raw_bytes: 0, error: None };
-    let (response, points) = check(&headers, encoding.as_deref(), &body, &mut request);
-    let mut inner = inner.lock().unwrap();
-    // A scripted reply replaces a success only: a broken request is always answered as broken.
-    let response = match (response, inner.script.pop_front()) {
+    let (mut verdict, points) = check(&headers, encoding.as_deref(), &body, &mut request);
+    let (reply, latency, hook, number) = {
+        let mut inner = inner.lock().unwrap();
+        if verdict.is_ok() {
+            if let Some(tag) = &inner.poison_tag {
+                if points.iter().any(|point| point.tags.contains(tag)) {
+                    let message = format!("poisoned tag {tag}");
+                    request.error = Some(message.clone());
+                    verdict = Err(error(StatusCode::BAD_REQUEST, &message));
+                }
+            }
+        }
+        let number = inner.valid_requests;
+        if verdict.is_ok() {
+            inner.valid_requests += 1;
+        }
+        // A scripted reply replaces a success only: a broken request is always answered as broken.
+        let reply = if verdict.is_ok() { inner.script.pop_front() } else { None };
+        (reply, inner.latency, inner.hook.clone(), number)
+    };
+    // The hook sees the request on arrival, while the client waits for the answer.
+    if verdict.is_ok() {
+        if let Some(hook) = hook {
+            if !hook(number) {
+                let mut inner = inner.lock().unwrap();
+                inner.requests.push(Request { status: 503, error: Some("hook".into()), ..request });
+                return error(StatusCode::SERVICE_UNAVAILABLE, "hook");
+            }
+        }
+    }
+    let mut accept = verdict.is_ok();
+    let response = match (verdict, reply) {
+        (Err(response), _) => {
+            accept = false;
+            response
+        }
+        (Ok(()), Some(Reply::Drop)) => {
+            inner.lock().unwrap().requests.push(Request { status: 0, error: Some("dropped".into()), ..request });
+            // Ends this connection's task: the client sees the connection closed, no answer.
+            std::panic::panic_any(DroppedConnection);
+        }
         (Ok(()), Some(Reply::Status { status, headers, body })) => {
+            accept = false;
             let mut builder = Response::builder().status(status).header("content-type", "application/json");
             for (name, value) in headers {
                 builder = builder.header(name, value);
             }
             builder.body(axum::body::Body::from(body)).expect("response")
         }
-        (Ok(()), None) => {
-            let now = chrono::Utc::now().timestamp();
-            for point in points {
-                if point.timestamp < now - 3600 || point.timestamp > now + 600 {
-                    inner.dropped.push(point.clone());
-                }
-                inner.accepted.push(point);
-            }
-            (StatusCode::ACCEPTED, [("content-type", "application/json")], "{\"errors\":[]}").into_response()
+        (Ok(()), Some(Reply::Delay(delay))) => {
+            tokio::time::sleep(delay).await;
+            accepted()
         }
-        (Err(response), _) => response,
+        (Ok(()), None) => accepted(),
     };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let mut inner = inner.lock().unwrap();
+    if accept {
+        let now = chrono::Utc::now().timestamp();
+        for point in points {
+            if point.timestamp < now - 3600 || point.timestamp > now + 600 {
+                inner.dropped.push(point.clone());
+            }
+            inner.accepted.push(point);
+        }
+    }
     request.status = response.status().as_u16();
     inner.requests.push(request);
     response
+}
+
+/// The panic payload of a scripted dropped connection (silenced by the panic hook in `start`).
+struct DroppedConnection;
+
+fn accepted() -> Response {
+    (StatusCode::ACCEPTED, [("content-type", "application/json")], "{\"errors\":[]}").into_response()
 }
 
 fn check(

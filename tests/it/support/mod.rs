@@ -119,8 +119,16 @@ impl<'e> Run<'e> {
         self
     }
 
+    /// The intake's URL and key, and retries in milliseconds with seeded jitter.
     fn intake(self, intake: &Intake) -> Self {
-        self.arg("--api-url").arg(intake.url()).var("DD_API_KEY", API_KEY)
+        self.arg("--api-url").arg(intake.url()).var("DD_API_KEY", API_KEY).args([
+            "--retry-delay-ms",
+            "1",
+            "--retry-max-delay-ms",
+            "4",
+            "--jitter-seed",
+            "7",
+        ])
     }
 
     pub fn run(self) -> Output {
