@@ -347,19 +347,23 @@ impl Ledger {
 }
 
 fn write_sent(connection: &mut Connection, runs: &[SentRun<'_>], now_ms: i64) -> rusqlite::Result<()> {
+    let keys: Rc<Vec<Value>> = Rc::new(runs.iter().map(|run| Value::Text(run.run_key.to_owned())).collect());
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut insert = transaction.prepare_cached(
             "INSERT INTO main.sent_metrics (run_key, point_key, completed_at, sent_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (run_key) DO NOTHING",
         )?;
-        let mut forget = transaction.prepare_cached("DELETE FROM main.skipped_runs WHERE run_key = ?1")?;
-        let mut unclaim = transaction.prepare_cached("DELETE FROM main.claims WHERE run_key = ?1")?;
         for run in runs {
             insert.execute(params![run.run_key, run.point_key, run.completed_at, now_ms])?;
-            forget.execute([run.run_key])?;
-            unclaim.execute([run.run_key])?;
         }
+        // Sent now: no longer too old or claimed. One statement each for the whole request.
+        transaction
+            .prepare_cached("DELETE FROM main.skipped_runs WHERE run_key IN (SELECT value FROM rarray(?1))")?
+            .execute([keys.clone()])?;
+        transaction
+            .prepare_cached("DELETE FROM main.claims WHERE run_key IN (SELECT value FROM rarray(?1))")?
+            .execute([keys])?;
     }
     transaction.commit()
 }

@@ -123,36 +123,14 @@ impl RunLog {
         });
     }
 
-    /// `send <run key> timestamp=<epoch>`.
-    pub fn send(&mut self, key: &str, timestamp: i64, stamped: bool) {
-        self.write_line(|line| {
-            let _ = write!(line, "send {key} timestamp={timestamp}");
-            if stamped {
-                line.push_str(" stamped=now");
-            }
-        });
-    }
-
-    /// `series request=<n> metric=<m> type=<t> unit=<u|-> points=<epoch>/<iso>=<value>,... tags=<t,...>`.
-    pub fn series(&mut self, request: u64, series: &Series) {
-        self.write_line(|line| {
-            let _ = write!(
-                line,
-                "series request={request} metric={} type={} unit={} points=",
-                series.metric,
-                series.kind.name(),
-                series.unit.unwrap_or("-")
-            );
-            for (index, (timestamp, value)) in series.points.iter().enumerate() {
-                if index > 0 {
-                    line.push(',');
-                }
-                let iso = DateTime::from_timestamp(*timestamp, 0)
-                    .map_or_else(|| "-".to_owned(), |time| time.to_rfc3339_opts(SecondsFormat::Secs, true));
-                let _ = write!(line, "{timestamp}/{iso}={value}");
-            }
-            let _ = write!(line, " tags={}", series.tags.join(","));
-        });
+    /// Lines formatted elsewhere (by [`format_send`] and [`format_series`], in request tasks).
+    pub fn block(&mut self, text: &str) {
+        if self.error.is_some() || text.is_empty() {
+            return;
+        }
+        if let Err(error) = self.out.write_all(text.as_bytes()) {
+            self.error = Some(error);
+        }
     }
 
     /// `request <n> runs=<n> raw_bytes=<n> compressed_bytes=<n> status=<s> attempts=<n> keys=<k,...> [error=<text>]`.
@@ -207,6 +185,48 @@ impl RunLog {
             self.error = Some(error);
         }
     }
+}
+
+/// `send <run key> timestamp=<epoch> [stamped=now]`, with its newline.
+pub fn format_send(out: &mut String, key: &str, timestamp: i64, stamped: bool) {
+    let _ = write!(out, "send {key} timestamp={timestamp}");
+    if stamped {
+        out.push_str(" stamped=now");
+    }
+    out.push('\n');
+}
+
+/// `series request=<n> metric=<m> type=<t> unit=<u|-> points=<epoch>/<iso>=<value>,... tags=<t,...>`,
+/// with its newline.
+pub fn format_series(out: &mut String, request: u64, series: &Series) {
+    let _ = write!(
+        out,
+        "series request={request} metric={} type={} unit={} points=",
+        series.metric,
+        series.kind.name(),
+        series.unit.unwrap_or("-")
+    );
+    for (index, (timestamp, value)) in series.points.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{timestamp}/");
+        match DateTime::from_timestamp(*timestamp, 0) {
+            Some(time) => {
+                let _ = write!(out, "{}", time.format("%Y-%m-%dT%H:%M:%SZ"));
+            }
+            None => out.push('-'),
+        }
+        let _ = write!(out, "={value}");
+    }
+    out.push_str(" tags=");
+    for (index, tag) in series.tags.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        out.push_str(tag);
+    }
+    out.push('\n');
 }
 
 /// One request as the log records it.

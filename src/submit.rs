@@ -26,7 +26,7 @@ use crate::error::exit_code;
 use crate::ledger::{KeyState, Ledger, LedgerError, SentRun};
 use crate::metrics::{self, Age, Planned, Validated};
 use crate::retry::{self, Backoff, RetryPolicy};
-use crate::runlog::{RequestLine, RunLog};
+use crate::runlog::{self, RequestLine, RunLog};
 use crate::source::{self, Input, Record, SinkResult, Stop};
 
 /// Records handed from the reader thread at a time.
@@ -76,6 +76,8 @@ pub struct Summary {
     pub exit_code: i32,
     pub log_file: Option<String>,
     pub elapsed_seconds: f64,
+    /// Peak resident memory of the process (Linux), for the benchmark and curious users.
+    pub peak_rss_bytes: Option<u64>,
 }
 
 /// Why sending stopped before the input ran out.
@@ -120,6 +122,9 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
         inflight: JoinSet::new(),
         inflight_runs: HashMap::new(),
         inflight_counts: HashMap::new(),
+        deferred: Vec::new(),
+        next_request: 1,
+        spec: Arc::new(config.spec.clone()),
         consecutive_failures: 0,
         owner: owner_id(),
         signals: signals.clone(),
@@ -130,7 +135,8 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
     // Stage 1: read the inputs on their own thread, in bounded chunks.
     let (sender, mut receiver) = mpsc::channel::<Message>(4);
     let inputs = config.inputs.clone();
-    let reader = std::thread::spawn(move || read_all(&inputs, &sender));
+    let default_repo = config.default_repo.clone();
+    let reader = std::thread::spawn(move || read_all(&inputs, default_repo.as_ref(), &sender));
 
     // Stages 2-6 run as input arrives and requests complete.
     let mut input_done = false;
@@ -176,11 +182,22 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
 
     let mut summary = pipeline.finish();
     summary.elapsed_seconds = started.elapsed().as_secs_f64();
+    summary.peak_rss_bytes = peak_rss_bytes();
     Ok(summary)
 }
 
+/// `VmHWM` of `/proc/self/status`: the peak resident set size so far.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 enum Message {
-    Records(Vec<Record>),
+    /// Records already validated on the reader thread (validation is pure and costs as much
+    /// as parsing, so it runs beside the pipeline rather than in it).
+    Records(Vec<Validated>),
     InputFailed(InputError),
 }
 
@@ -189,11 +206,14 @@ struct InputError {
     message: String,
 }
 
-fn read_all(inputs: &[Input], sender: &mpsc::Sender<Message>) {
+fn read_all(inputs: &[Input], default_repo: Option<&(String, String)>, sender: &mpsc::Sender<Message>) {
     for input in inputs {
         let mut chunk = Vec::with_capacity(CHUNK);
         let mut sink = |record: Record| -> SinkResult {
-            chunk.push(record);
+            chunk.push(match record {
+                Record::Run(raw) => metrics::validate(&raw, default_repo),
+                Record::Unrecognised { origin, reason } => Validated::Invalid { origin, reason },
+            });
             if chunk.len() >= CHUNK {
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
                 sender.blocking_send(Message::Records(full)).map_err(|_| Stop)?;
@@ -280,14 +300,87 @@ fn owner_alive(owner: &str) -> bool {
 struct Delivery {
     number: u64,
     attempts: u32,
-    result: Result<u16, DatadogError>,
+    result: Result<u16, Failure>,
     /// Given up because of a shutdown signal.
     cancelled: bool,
+    /// The request's `send` and `series` lines for the run log.
+    log: String,
+    raw_bytes: usize,
+    compressed_bytes: usize,
+    series: u64,
+    points: u64,
+}
+
+enum Failure {
+    /// Over Datadog's size limits once encoded: to be split before anything is sent.
+    TooLarge,
+    Http(DatadogError),
+}
+
+/// One request's work, done on a runtime worker: build the series (counts summed on top of
+/// `before`), encode, compress, format its log lines, post with retries.
+struct Job {
+    number: u64,
+    runs: Arc<Vec<Planned>>,
+    /// Runs already sent or in flight per point key of this request.
+    before: HashMap<i64, u32>,
+    spec: Arc<metrics::SeriesSpec>,
+    compression: Compression,
+    policy: RetryPolicy,
+    /// `None` in a dry run: everything but the post.
+    client: Option<Arc<Client>>,
+    signals: watch::Receiver<Option<i32>>,
+}
+
+impl Job {
+    async fn run(self) -> Delivery {
+        let number = self.number;
+        let series = self.spec.series(&self.runs, &|point_key| self.before.get(&point_key).copied().unwrap_or(0));
+        let raw = datadog::encode_series(&series);
+        let compressed = if raw.len() <= datadog::MAX_RAW_BYTES { self.compression.compress(&raw).ok() } else { None };
+        let mut delivery = Delivery {
+            number,
+            attempts: 0,
+            result: Err(Failure::TooLarge),
+            cancelled: false,
+            log: String::new(),
+            raw_bytes: raw.len(),
+            compressed_bytes: compressed.as_ref().map_or(0, Vec::len),
+            series: series.len() as u64,
+            points: series.iter().map(|one| one.points.len() as u64).sum(),
+        };
+        let Some(body) = compressed.filter(|body| body.len() <= datadog::MAX_COMPRESSED_BYTES) else { return delivery };
+        drop(raw);
+        for planned in self.runs.iter() {
+            runlog::format_send(
+                &mut delivery.log,
+                &planned.run.key,
+                planned.timestamp,
+                planned.timestamp != planned.run.completed_at,
+            );
+        }
+        for one in &series {
+            runlog::format_series(&mut delivery.log, number, one);
+        }
+        drop(series);
+        match self.client {
+            None => delivery.result = Ok(0),
+            Some(client) => {
+                let (attempts, result, cancelled) =
+                    deliver(client, Bytes::from(body), self.compression, self.policy, number, self.signals).await;
+                delivery.attempts = attempts;
+                delivery.result = result.map_err(Failure::Http);
+                delivery.cancelled = cancelled;
+            }
+        }
+        delivery
+    }
 }
 
 /// Posts one body, retrying transient failures (408, 429, 5xx, timeouts, refused or reset
 /// connections) with backoff and jitter, within the attempt and deadline bounds; honours
-/// `Retry-After`/`X-RateLimit-Reset`. Stops waiting at a shutdown signal.
+/// `Retry-After`/`X-RateLimit-Reset`. Stops waiting at a shutdown signal. Returns the attempts
+/// made, the outcome, and whether a signal cut it short.
 async fn deliver(
     client: Arc<Client>,
     body: Bytes,
@@ -295,27 +388,26 @@ async fn deliver(
     policy: RetryPolicy,
     number: u64,
     mut signals: watch::Receiver<Option<i32>>,
-) -> Delivery {
+) -> (u32, Result<u16, DatadogError>, bool) {
     let started = Instant::now();
     let mut backoff = Backoff::new(&policy, number);
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let result = client.post_series(body.clone(), compression).await;
-        let error = match result {
-            Ok(accepted) => return Delivery { number, attempts, result: Ok(accepted.status), cancelled: false },
+        let error = match client.post_series(body.clone(), compression).await {
+            Ok(accepted) => return (attempts, Ok(accepted.status), false),
             Err(error) => error,
         };
         let remaining = policy.deadline.saturating_sub(started.elapsed());
         let wait = backoff.next().and_then(|delay| retry::next_wait(delay, error.retry_after(), remaining));
         let wait = match wait {
             Some(wait) if error.is_retriable() && attempts < policy.max_attempts && signals.borrow().is_none() => wait,
-            _ => return Delivery { number, attempts, result: Err(error), cancelled: false },
+            _ => return (attempts, Err(error), false),
         };
         tracing::warn!(request = number, attempt = attempts, delay_ms = wait.as_millis() as u64, error = %error, "retrying request");
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            _ = signals.changed() => return Delivery { number, attempts, result: Err(error), cancelled: true },
+            _ = signals.changed() => return (attempts, Err(error), true),
         }
     }
 }
@@ -335,8 +427,14 @@ struct Pipeline<'a> {
     inflight: JoinSet<Delivery>,
     /// The runs of each request in flight, by request number.
     inflight_runs: HashMap<u64, InFlight>,
-    /// Runs per point key in flight: summed into later requests' counts.
+    /// Runs per point key in flight. A run whose point key is in flight waits in `deferred`
+    /// until that request has landed: Datadog keeps the last value written, so two requests
+    /// carrying counts for one point must not race.
     inflight_counts: HashMap<i64, u32>,
+    deferred: Vec<Planned>,
+    /// Number of the next request (numbers of requests split before posting are not reused).
+    next_request: u64,
+    spec: Arc<metrics::SeriesSpec>,
     consecutive_failures: u32,
     owner: String,
     signals: watch::Receiver<Option<i32>>,
@@ -345,16 +443,12 @@ struct Pipeline<'a> {
 }
 
 struct InFlight {
-    runs: Vec<Planned>,
-    raw_bytes: usize,
-    compressed_bytes: usize,
-    series: u64,
-    points: u64,
+    runs: Arc<Vec<Planned>>,
 }
 
 impl Pipeline<'_> {
     /// Stages 2-4 for one chunk of records: validate, filter against the ledger, plan.
-    fn take(&mut self, records: Vec<Record>) {
+    fn take(&mut self, records: Vec<Validated>) {
         let now_ms = Utc::now().timestamp_millis();
         let now = now_ms.div_euclid(1000);
         // Stage 2: validate each record into a completed run, or count why not.
@@ -362,14 +456,7 @@ impl Pipeline<'_> {
         let mut seen_in_chunk = HashSet::new();
         for record in records {
             self.summary.records += 1;
-            let raw = match record {
-                Record::Run(raw) => raw,
-                Record::Unrecognised { origin, reason } => {
-                    self.invalid(&origin, &reason);
-                    continue;
-                }
-            };
-            match metrics::validate(&raw, self.config.default_repo.as_ref()) {
+            match record {
                 Validated::Completed(run) => {
                     if self.pending_keys.contains(&run.key) || !seen_in_chunk.insert(run.key.clone()) {
                         self.summary.duplicates += 1;
@@ -467,72 +554,57 @@ impl Pipeline<'_> {
         }
     }
 
-    /// Claims, builds, sizes and starts one request (in a dry run: records it at once).
+    /// Claims one batch, works out its counts and starts its request task.
     async fn dispatch(&mut self, batch: Vec<Planned>) {
         let now_ms = Utc::now().timestamp_millis();
         // Claim the runs, so an overlapping invocation leaves them alone.
         let runs = if self.config.dry_run { batch } else { self.claim(batch, now_ms) };
+        // Runs whose point is being written by a request in flight wait for it to land.
+        let (runs, blocked): (Vec<Planned>, Vec<Planned>) =
+            runs.into_iter().partition(|planned| !self.inflight_counts.contains_key(&planned.point_key));
+        self.deferred.extend(blocked);
         if runs.is_empty() || self.halt.is_some() {
             return;
         }
-        // Counts are summed on top of the runs with the same point key sent before or in flight.
+        // Counts are summed on top of the runs with the same point key sent before.
         let point_keys: Vec<i64> = runs.iter().map(|planned| planned.point_key).collect();
         let sent_before = match self.ledger.sent_counts(&point_keys) {
             Ok(counts) => counts,
             Err(error) => return self.abandon(runs, &error),
         };
-        let inflight = &self.inflight_counts;
-        let before = |point_key: i64| {
-            sent_before.get(&point_key).copied().unwrap_or(0) + inflight.get(&point_key).copied().unwrap_or(0)
-        };
-        let series = self.config.spec.series(&runs, &before);
-        let raw = datadog::encode_series(&series);
-        let compressed =
-            if raw.len() <= datadog::MAX_RAW_BYTES { self.config.compression.compress(&raw).ok() } else { None };
-        let Some(compressed) = compressed.filter(|body| body.len() <= datadog::MAX_COMPRESSED_BYTES) else {
-            return self.split_or_give_up(runs, "too large for one request");
-        };
-
-        self.summary.requests += 1;
-        let number = self.summary.requests;
-        for planned in &runs {
-            self.log.send(&planned.run.key, planned.timestamp, planned.timestamp != planned.run.completed_at);
+        let mut before = HashMap::with_capacity(point_keys.len());
+        for point_key in point_keys {
+            let count = sent_before.get(&point_key).copied().unwrap_or(0)
+                + self.inflight_counts.get(&point_key).copied().unwrap_or(0);
+            if count > 0 {
+                before.insert(point_key, count);
+            }
         }
-        for one in &series {
-            self.log.series(number, one);
-        }
-        let flight = InFlight {
-            raw_bytes: raw.len(),
-            compressed_bytes: compressed.len(),
-            series: series.len() as u64,
-            points: series.iter().map(|one| one.points.len() as u64).sum(),
-            runs,
-        };
         // --at-most-once: marked before the request, so a crash loses the runs instead of
         // resending them.
         if self.config.at_most_once && !self.config.dry_run {
-            if let Err(error) = self.mark(&flight.runs, now_ms) {
-                return self.abandon(flight.runs, &error);
+            if let Err(error) = self.mark(&runs, now_ms) {
+                return self.abandon(runs, &error);
             }
         }
-        let Some(client) = self.client.clone() else {
-            // A dry run: what a live run would post, recorded in the dry run's own ledger.
-            self.inflight_runs.insert(number, flight);
-            return self.complete_delivery(Delivery { number, attempts: 0, result: Ok(0), cancelled: false });
-        };
-        for planned in &flight.runs {
+        for planned in &runs {
             *self.inflight_counts.entry(planned.point_key).or_default() += 1;
         }
-        self.inflight_runs.insert(number, flight);
-        let policy = self.config.retry.clone();
-        self.inflight.spawn(deliver(
-            client,
-            Bytes::from(compressed),
-            self.config.compression,
-            policy,
+        let number = self.next_request;
+        self.next_request += 1;
+        let runs = Arc::new(runs);
+        self.inflight_runs.insert(number, InFlight { runs: runs.clone() });
+        let job = Job {
             number,
-            self.signals.clone(),
-        ));
+            runs,
+            before,
+            spec: self.spec.clone(),
+            compression: self.config.compression,
+            policy: self.config.retry.clone(),
+            client: self.client.clone(),
+            signals: self.signals.clone(),
+        };
+        self.inflight.spawn(job.run());
     }
 
     fn claim(&mut self, batch: Vec<Planned>, now_ms: i64) -> Vec<Planned> {
@@ -571,7 +643,12 @@ impl Pipeline<'_> {
 
     fn complete_delivery(&mut self, delivery: Delivery) {
         let Some(flight) = self.inflight_runs.remove(&delivery.number) else { return };
-        for planned in &flight.runs {
+        // Runs that waited for a request to land may go now (first in line).
+        if !self.deferred.is_empty() {
+            let deferred = std::mem::take(&mut self.deferred);
+            self.buffer.splice(0..0, deferred);
+        }
+        for planned in flight.runs.iter() {
             if let Some(count) = self.inflight_counts.get_mut(&planned.point_key) {
                 *count -= 1;
                 if *count == 0 {
@@ -579,64 +656,69 @@ impl Pipeline<'_> {
                 }
             }
         }
+        // The task has ended, so this is the last reference.
+        let runs = Arc::try_unwrap(flight.runs).unwrap_or_else(|shared| (*shared).clone());
+        let (error, status) = match delivery.result {
+            Err(Failure::TooLarge) => {
+                if self.config.at_most_once && !self.config.dry_run {
+                    self.unmark(&runs);
+                }
+                return self.split_or_give_up(runs, "too large for one request");
+            }
+            Err(Failure::Http(error)) => (Some(error), 0),
+            Ok(status) => (None, status),
+        };
+        self.summary.requests += 1;
         self.summary.retries += u64::from(delivery.attempts.saturating_sub(1));
-        let keys: Vec<&str> = flight.runs.iter().map(|planned| planned.run.key.as_str()).collect();
-        let mut line = RequestLine {
+        self.log.block(&delivery.log);
+        let keys: Vec<&str> = runs.iter().map(|planned| planned.run.key.as_str()).collect();
+        let status_text = match &error {
+            Some(error) => error.status().map_or_else(|| "error".to_owned(), |status| status.to_string()),
+            None if self.config.dry_run => "dry-run".to_owned(),
+            None => status.to_string(),
+        };
+        let error_text = error.as_ref().map(ToString::to_string);
+        self.log.request(&RequestLine {
             number: delivery.number,
             keys: &keys,
-            raw_bytes: flight.raw_bytes,
-            compressed_bytes: flight.compressed_bytes,
-            status: "dry-run",
+            raw_bytes: delivery.raw_bytes,
+            compressed_bytes: delivery.compressed_bytes,
+            status: &status_text,
             attempts: delivery.attempts,
-            error: None,
-        };
-        let status_text;
-        let error_text;
-        match delivery.result {
-            Ok(status) => {
-                if !self.config.dry_run {
-                    status_text = status.to_string();
-                    line.status = &status_text;
-                }
-                self.log.request(&line);
-                drop(keys);
-                self.delivered(flight);
+            error: error_text.as_deref(),
+        });
+        drop(keys);
+        match error {
+            None => {
+                self.summary.series += delivery.series;
+                self.summary.points += delivery.points;
+                self.summary.raw_bytes += delivery.raw_bytes as u64;
+                self.summary.compressed_bytes += delivery.compressed_bytes as u64;
+                self.delivered(runs);
             }
-            Err(error) => {
-                status_text = error.status().map_or_else(|| "error".to_owned(), |status| status.to_string());
-                error_text = error.to_string();
-                line.status = &status_text;
-                line.error = Some(&error_text);
-                self.log.request(&line);
-                drop(keys);
-                self.undelivered(flight.runs, &error, delivery.cancelled);
-            }
+            Some(error) => self.undelivered(runs, &error, delivery.cancelled),
         }
     }
 
     /// Marks the runs of a confirmed request (in a dry run: in the dry run's own record).
-    fn delivered(&mut self, flight: InFlight) {
+    fn delivered(&mut self, runs: Vec<Planned>) {
         self.consecutive_failures = 0;
         if !self.config.at_most_once || self.config.dry_run {
-            if let Err(error) = self.mark(&flight.runs, Utc::now().timestamp_millis()) {
+            if let Err(error) = self.mark(&runs, Utc::now().timestamp_millis()) {
                 // Datadog has the points; the next invocation resends them, identical.
-                self.summary.failed += flight.runs.len() as u64;
+                self.summary.failed += runs.len() as u64;
                 return self.ledger_failed(&error);
             }
         }
-        let count = flight.runs.len() as u64;
+        let count = runs.len() as u64;
         if self.config.dry_run {
             self.summary.would_send += count;
         } else {
             self.summary.sent += count;
         }
-        for planned in &flight.runs {
+        for planned in &runs {
             self.pending_keys.remove(&planned.run.key);
         }
-        self.summary.series += flight.series;
-        self.summary.points += flight.points;
-        self.summary.raw_bytes += flight.raw_bytes as u64;
-        self.summary.compressed_bytes += flight.compressed_bytes as u64;
     }
 
     fn mark(&mut self, runs: &[Planned], now_ms: i64) -> Result<(), LedgerError> {
@@ -783,8 +865,9 @@ impl Pipeline<'_> {
         let abandoned: Vec<Planned> = self
             .inflight_runs
             .drain()
-            .flat_map(|(_, flight)| flight.runs)
+            .flat_map(|(_, flight)| Arc::try_unwrap(flight.runs).unwrap_or_else(|shared| (*shared).clone()))
             .chain(self.split_queue.drain(..).flatten())
+            .chain(self.deferred.drain(..))
             .chain(self.buffer.drain(..))
             .collect();
         self.summary.failed += abandoned.len() as u64;

@@ -1,0 +1,562 @@
+//! The scale benchmark: `cargo bench --bench scale` (add `-- --quick` for a tenth of the sizes).
+//!
+//! Generates its inputs deterministically (seeded, fixed timestamps; sent with --historical),
+//! starts a local intake on 127.0.0.1 that decompresses and parses every body, measures the work
+//! floor in this process, runs the release binary for each scenario and prints one table:
+//! scenario, wall time, runs/s, peak RSS, the floor and the ratio to it.
+
+use std::io::{BufWriter, Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use axum::Router;
+use workflow_metrics::datadog::{self, Compression};
+use workflow_metrics::metrics::{self, SeriesSpec, Validated};
+use workflow_metrics::source::{self, Input, Record};
+
+const BIN: &str = env!("CARGO_BIN_EXE_workflow-metrics");
+/// 2025-01-01T00:00:00Z: fixed, so inputs are the same bytes every time.
+const BASE: i64 = 1_735_689_600;
+const DEFAULT_COMPRESSION: Compression = Compression::Zstd;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|arg| arg == "--list") {
+        return;
+    }
+    let quick = args.iter().any(|arg| arg == "--quick");
+    let (gh_runs, rest_runs) = if quick { (100_000, 10_000) } else { (1_000_000, 100_000) };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let gh = dir.join(format!("gh-{gh_runs}.json"));
+    let rest = dir.join(format!("rest-{rest_runs}.json"));
+    let cron = dir.join("cron-1000.json");
+    generate(&gh, || gh_file(gh_runs));
+    generate(&rest, || rest_file(rest_runs));
+    generate(&cron, cron_file);
+    eprintln!("inputs: {} ({} MB), {} ({} MB)", gh.display(), size_mb(&gh), rest.display(), size_mb(&rest));
+
+    let intake = Intake::start();
+    let mut table = Vec::new();
+
+    let gh_floor = floor(&gh);
+    let rest_floor = floor(&rest);
+    eprintln!(
+        "floor {}: parse {:.2}s, ledger {:.2}s, encode {:.2}s, compress {:.2}s",
+        gh.display(),
+        gh_floor.parse,
+        gh_floor.ledger,
+        gh_floor.encode,
+        gh_floor.compress
+    );
+
+    let ledger = dir.join("ledger-gh.db");
+    let fresh = |path: &Path| {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    };
+    fresh(&ledger);
+    let run = intake.send(&gh, &ledger, &[]);
+    table.push(Row::new(
+        &format!("send {gh_runs} gh rows (fresh ledger)"),
+        &run,
+        gh_runs,
+        Some(("floor", gh_floor.total())),
+    ));
+
+    let rerun = intake.send(&gh, &ledger, &[]);
+    assert_eq!(rerun.summary["requests"], 0, "a rerun makes no request");
+    table.push(Row::new(&format!("rerun {gh_runs} (all sent)"), &rerun, gh_runs, Some(("parse", gh_floor.parse))));
+
+    let cron_run = intake.send(&cron, &ledger, &[]);
+    assert_eq!(cron_run.summary["sent"], 500);
+    table.push(Row::new(&format!("cron: 1k runs, 500 new, ledger of {gh_runs}"), &cron_run, 1000, None));
+
+    let rest_ledger = dir.join("ledger-rest.db");
+    fresh(&rest_ledger);
+    let run = intake.send(&rest, &rest_ledger, &[]);
+    table.push(Row::new(
+        &format!("send {rest_runs} REST runs ({} MB)", size_mb(&rest)),
+        &run,
+        rest_runs,
+        Some(("floor", rest_floor.total())),
+    ));
+
+    fresh(&ledger);
+    intake.latency_ms.store(100, Ordering::SeqCst);
+    let run = intake.send(&gh, &ledger, &[]);
+    intake.latency_ms.store(0, Ordering::SeqCst);
+    table.push(Row::new(
+        &format!("send {gh_runs} gh rows, intake +100 ms"),
+        &run,
+        gh_runs,
+        Some(("floor+5s", gh_floor.total() + 5.0)),
+    ));
+    fresh(&ledger);
+    fresh(&rest_ledger);
+
+    println!();
+    println!("| scenario | wall s | runs/s | peak RSS MB | requests | floor s | ratio |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for row in &table {
+        println!("{row}");
+    }
+    println!();
+    println!(
+        "floor (this process, one thread): {gh_runs} gh rows: parse {:.2}s + ledger {:.2}s + encode {:.2}s + compress {:.2}s = {:.2}s; \
+         {rest_runs} REST runs: {:.2}s (parse {:.2}s)",
+        gh_floor.parse, gh_floor.ledger, gh_floor.encode, gh_floor.compress, gh_floor.total(), rest_floor.total(), rest_floor.parse
+    );
+    println!(
+        "intake bodies: {} requests, {} MB compressed",
+        intake.requests.load(Ordering::SeqCst),
+        intake.bytes.load(Ordering::SeqCst) / 1_000_000
+    );
+}
+
+fn size_mb(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len() / 1_000_000).unwrap_or(0)
+}
+
+fn generate(path: &Path, make: impl FnOnce() -> Writer) {
+    if path.exists() {
+        return;
+    }
+    let started = Instant::now();
+    let partial = path.with_extension("partial");
+    let file = std::fs::File::create(&partial).unwrap();
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    make()(&mut out);
+    out.flush().unwrap();
+    std::fs::rename(&partial, path).unwrap();
+    eprintln!("generated {} in {:.1}s", path.display(), started.elapsed().as_secs_f64());
+}
+
+/// Writes one generated input.
+type Writer = Box<dyn FnOnce(&mut dyn Write)>;
+
+const REPOS: usize = 50;
+const BRANCHES: &[&str] =
+    &["main", "develop", "release/2025.1", "feature/login", "feature/search", "fix/flaky", "renovate/deps", "docs"];
+const EVENTS: &[&str] = &["push", "pull_request", "schedule", "workflow_dispatch"];
+const CONCLUSIONS: &[&str] =
+    &["success", "success", "success", "success", "success", "success", "failure", "cancelled", "skipped"];
+
+struct Fake {
+    id: u64,
+    attempt: u32,
+    repo: String,
+    workflow: (u64, String),
+    branch: &'static str,
+    event: &'static str,
+    completed: bool,
+    conclusion: &'static str,
+    created: i64,
+    started: i64,
+    updated: i64,
+}
+
+fn fake(rng: &mut fastrand::Rng, index: u64) -> Fake {
+    let repo_index = rng.usize(0..REPOS);
+    let workflow_index = rng.u64(0..5);
+    let created = BASE + index as i64 * 7;
+    let queued = rng.i64(1..120);
+    let duration = rng.i64(30..3600);
+    Fake {
+        id: 10_000_000_000 + index,
+        attempt: if rng.u8(0..20) == 0 { 2 } else { 1 },
+        repo: format!("acme/service-{repo_index:02}"),
+        workflow: (
+            100_000 + repo_index as u64 * 10 + workflow_index,
+            ["CI", "Release", "Nightly", "Lint", "Deploy"][workflow_index as usize].to_owned(),
+        ),
+        branch: BRANCHES[rng.usize(0..BRANCHES.len())],
+        event: EVENTS[rng.usize(0..EVENTS.len())],
+        completed: rng.u8(0..20) != 0,
+        conclusion: CONCLUSIONS[rng.usize(0..CONCLUSIONS.len())],
+        created,
+        started: created + queued,
+        updated: created + queued + duration,
+    }
+}
+
+fn iso(seconds: i64) -> String {
+    chrono::DateTime::from_timestamp(seconds, 0).unwrap().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn gh_row(run: &Fake) -> serde_json::Value {
+    serde_json::json!({
+        "attempt": run.attempt,
+        "conclusion": if run.completed { run.conclusion } else { "" },
+        "createdAt": iso(run.created),
+        "databaseId": run.id,
+        "displayTitle": format!("Merge pull request #{} from acme/{}", run.id % 10_000, run.branch),
+        "event": run.event,
+        "headBranch": run.branch,
+        "headSha": format!("{:040x}", run.id.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+        "name": run.workflow.1,
+        "number": run.id % 100_000,
+        "startedAt": iso(run.started),
+        "status": if run.completed { "completed" } else { "in_progress" },
+        "updatedAt": if run.completed { iso(run.updated) } else { "0001-01-01T00:00:00Z".to_owned() },
+        "url": format!("https://github.com/{}/actions/runs/{}", run.repo, run.id),
+        "workflowDatabaseId": run.workflow.0,
+        "workflowName": run.workflow.1,
+    })
+}
+
+/// `gh run list --json ...` output, one array per 1000 rows as a paginating script would write.
+fn gh_file(count: u64) -> Writer {
+    Box::new(move |out| {
+        let mut rng = fastrand::Rng::with_seed(4);
+        for start in (0..count).step_by(1000) {
+            let rows: Vec<_> = (start..(start + 1000).min(count)).map(|i| gh_row(&fake(&mut rng, i))).collect();
+            serde_json::to_writer(&mut *out, &rows).unwrap();
+            out.write_all(b"\n").unwrap();
+        }
+    })
+}
+
+fn cron_file() -> Writer {
+    Box::new(|out| {
+        // 500 runs the big ledger has (completed ones of the first rows) and 500 new ones.
+        let mut rng = fastrand::Rng::with_seed(4);
+        let mut rows = Vec::new();
+        let mut index = 0;
+        while rows.len() < 500 {
+            let run = fake(&mut rng, index);
+            if run.completed {
+                rows.push(gh_row(&run));
+            }
+            index += 1;
+        }
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut index = 2_000_000;
+        while rows.len() < 1000 {
+            let run = fake(&mut rng, index);
+            if run.completed {
+                rows.push(gh_row(&run));
+            }
+            index += 1;
+        }
+        serde_json::to_writer(&mut *out, &rows).unwrap();
+    })
+}
+
+fn user(login: &str, id: u64) -> serde_json::Value {
+    let api = format!("https://api.github.com/users/{login}");
+    serde_json::json!({
+        "login": login, "id": id, "node_id": "MDQ6VXNlcjU4MzIzMQ==", "avatar_url": format!("https://avatars.githubusercontent.com/u/{id}?v=4"),
+        "gravatar_id": "", "url": api, "html_url": format!("https://github.com/{login}"),
+        "followers_url": format!("{api}/followers"), "following_url": format!("{api}/following{{/other_user}}"),
+        "gists_url": format!("{api}/gists{{/gist_id}}"), "starred_url": format!("{api}/starred{{/owner}}{{/repo}}"),
+        "subscriptions_url": format!("{api}/subscriptions"), "organizations_url": format!("{api}/orgs"),
+        "repos_url": format!("{api}/repos"), "events_url": format!("{api}/events{{/privacy}}"),
+        "received_events_url": format!("{api}/received_events"), "type": "User", "user_view_type": "public", "site_admin": false
+    })
+}
+
+fn repository(full_name: &str) -> serde_json::Value {
+    let (owner, name) = full_name.split_once('/').unwrap();
+    let api = format!("https://api.github.com/repos/{full_name}");
+    let mut repo = serde_json::json!({
+        "id": 1296269, "node_id": "MDEwOlJlcG9zaXRvcnkxMjk2MjY5", "name": name, "full_name": full_name, "private": true,
+        "owner": user(owner, 9919), "html_url": format!("https://github.com/{full_name}"),
+        "description": "Services of the acme platform", "fork": false, "url": api,
+    });
+    for (key, suffix) in [
+        ("forks_url", "/forks"),
+        ("keys_url", "/keys{/key_id}"),
+        ("collaborators_url", "/collaborators{/collaborator}"),
+        ("teams_url", "/teams"),
+        ("hooks_url", "/hooks"),
+        ("issue_events_url", "/issues/events{/number}"),
+        ("events_url", "/events"),
+        ("assignees_url", "/assignees{/user}"),
+        ("branches_url", "/branches{/branch}"),
+        ("tags_url", "/tags"),
+        ("blobs_url", "/git/blobs{/sha}"),
+        ("git_tags_url", "/git/tags{/sha}"),
+        ("git_refs_url", "/git/refs{/sha}"),
+        ("trees_url", "/git/trees{/sha}"),
+        ("statuses_url", "/statuses/{sha}"),
+        ("languages_url", "/languages"),
+        ("stargazers_url", "/stargazers"),
+        ("contributors_url", "/contributors"),
+        ("subscribers_url", "/subscribers"),
+        ("subscription_url", "/subscription"),
+        ("commits_url", "/commits{/sha}"),
+        ("git_commits_url", "/git/commits{/sha}"),
+        ("comments_url", "/comments{/number}"),
+        ("issue_comment_url", "/issues/comments{/number}"),
+        ("contents_url", "/contents/{+path}"),
+        ("compare_url", "/compare/{base}...{head}"),
+        ("merges_url", "/merges"),
+        ("archive_url", "/{archive_format}{/ref}"),
+        ("downloads_url", "/downloads"),
+        ("issues_url", "/issues{/number}"),
+        ("pulls_url", "/pulls{/number}"),
+        ("milestones_url", "/milestones{/number}"),
+        ("notifications_url", "/notifications{?since,all,participating}"),
+        ("labels_url", "/labels{/name}"),
+        ("releases_url", "/releases{/id}"),
+        ("deployments_url", "/deployments"),
+    ] {
+        repo[key] = serde_json::json!(format!("{api}{suffix}"));
+    }
+    repo
+}
+
+fn rest_run(run: &Fake) -> serde_json::Value {
+    let api = format!("https://api.github.com/repos/{}/actions/runs/{}", run.repo, run.id);
+    let sha = format!("{:040x}", run.id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    serde_json::json!({
+        "id": run.id, "name": run.workflow.1, "node_id": "WFR_kwLOBp9g3s8AAAACYX4QMA", "head_branch": run.branch, "head_sha": sha,
+        "path": format!(".github/workflows/{}.yml", run.workflow.1.to_lowercase()), "display_title": format!("Merge pull request #{} from acme/{}", run.id % 10_000, run.branch),
+        "run_number": run.id % 100_000, "event": run.event, "status": if run.completed { "completed" } else { "in_progress" },
+        "conclusion": if run.completed { serde_json::json!(run.conclusion) } else { serde_json::Value::Null },
+        "workflow_id": run.workflow.0, "check_suite_id": run.id + 7, "check_suite_node_id": "CS_kwDOBp9g3s8AAAAIZ0J0aA",
+        "url": api, "html_url": format!("https://github.com/{}/actions/runs/{}", run.repo, run.id),
+        "pull_requests": [{"url": format!("https://api.github.com/repos/{}/pulls/42", run.repo), "id": 1934, "number": 42,
+            "head": {"ref": run.branch, "sha": sha, "repo": {"id": 1296269, "url": format!("https://api.github.com/repos/{}", run.repo), "name": "x"}},
+            "base": {"ref": "main", "sha": sha, "repo": {"id": 1296269, "url": format!("https://api.github.com/repos/{}", run.repo), "name": "x"}}}],
+        "created_at": iso(run.created), "updated_at": iso(run.updated), "actor": user("octocat", 583231),
+        "run_attempt": run.attempt, "referenced_workflows": [], "run_started_at": iso(run.started),
+        "triggering_actor": user("octocat", 583231), "jobs_url": format!("{api}/jobs"), "logs_url": format!("{api}/logs"),
+        "check_suite_url": format!("https://api.github.com/repos/{}/check-suites/{}", run.repo, run.id + 7),
+        "artifacts_url": format!("{api}/artifacts"), "cancel_url": format!("{api}/cancel"), "rerun_url": format!("{api}/rerun"),
+        "previous_attempt_url": if run.attempt > 1 { serde_json::json!(format!("{api}/attempts/1")) } else { serde_json::Value::Null },
+        "workflow_url": format!("https://api.github.com/repos/{}/actions/workflows/{}", run.repo, run.workflow.0),
+        "head_commit": {"id": sha, "tree_id": sha, "message": "Merge pull request #42 from acme/feature\n\nAdd the login form", "timestamp": iso(run.created),
+            "author": {"name": "Octo Cat", "email": "octocat@github.com"}, "committer": {"name": "GitHub", "email": "noreply@github.com"}},
+        "repository": repository(&run.repo), "head_repository": repository(&run.repo)
+    })
+}
+
+/// `gh api --paginate` output: pages of 100 runs back to back.
+fn rest_file(count: u64) -> Writer {
+    Box::new(move |out| {
+        let mut rng = fastrand::Rng::with_seed(6);
+        for start in (0..count).step_by(100) {
+            let runs: Vec<_> = (start..(start + 100).min(count)).map(|i| rest_run(&fake(&mut rng, i))).collect();
+            serde_json::to_writer(&mut *out, &serde_json::json!({"total_count": count, "workflow_runs": runs}))
+                .unwrap();
+        }
+    })
+}
+
+/// The work floor, single-threaded in this process: parse into the run struct, insert all keys in
+/// one SQLite transaction, encode the series JSON, compress with the default codec.
+struct Floor {
+    parse: f64,
+    ledger: f64,
+    encode: f64,
+    compress: f64,
+}
+
+impl Floor {
+    fn total(&self) -> f64 {
+        self.parse + self.ledger + self.encode + self.compress
+    }
+}
+
+fn floor(path: &Path) -> Floor {
+    let started = Instant::now();
+    let mut runs = Vec::new();
+    let mut sink = |record: Record| {
+        if let Record::Run(raw) = record {
+            if let Validated::Completed(run) = metrics::validate(&raw, None) {
+                runs.push(*run);
+            }
+        }
+        Ok(())
+    };
+    source::read_input(&Input::File(path.to_owned()), &mut sink).expect("bench input reads");
+    let parse = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let mut connection = rusqlite::Connection::open(dir.path().join("floor.db")).unwrap();
+    connection.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE k (key TEXT PRIMARY KEY) WITHOUT ROWID").unwrap();
+    let transaction = connection.transaction().unwrap();
+    {
+        let mut insert = transaction.prepare("INSERT INTO k VALUES (?1)").unwrap();
+        for run in &runs {
+            insert.execute([&run.key]).unwrap();
+        }
+    }
+    transaction.commit().unwrap();
+    let ledger = started.elapsed().as_secs_f64();
+
+    let spec = SeriesSpec { prefix: "github.actions".into(), extra_tags: vec![] };
+    let mut encode = Duration::ZERO;
+    let mut compress = Duration::ZERO;
+    let mut planned = Vec::with_capacity(2500);
+    let mut bodies = 0usize;
+    let total = runs.len();
+    for (index, run) in runs.into_iter().enumerate() {
+        let timestamp = run.completed_at;
+        planned.push(spec.plan(run, timestamp));
+        if planned.len() == 2500 || index + 1 == total {
+            let started = Instant::now();
+            let body = datadog::encode_series(&spec.series(&planned, &|_| 0));
+            encode += started.elapsed();
+            let started = Instant::now();
+            bodies += DEFAULT_COMPRESSION.compress(&body).unwrap().len();
+            compress += started.elapsed();
+            planned.clear();
+        }
+    }
+    assert!(bodies > 0);
+    Floor { parse, ledger, encode: encode.as_secs_f64(), compress: compress.as_secs_f64() }
+}
+
+struct Intake {
+    url: String,
+    latency_ms: Arc<AtomicU64>,
+    requests: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+}
+
+#[derive(Clone)]
+struct IntakeState {
+    latency_ms: Arc<AtomicU64>,
+    requests: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+}
+
+struct Outcome {
+    wall: f64,
+    summary: serde_json::Value,
+}
+
+impl Intake {
+    fn start() -> Intake {
+        let state = IntakeState {
+            latency_ms: Arc::new(AtomicU64::new(0)),
+            requests: Arc::new(AtomicU64::new(0)),
+            bytes: Arc::new(AtomicU64::new(0)),
+        };
+        let shared = state.clone();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                sender.send(listener.local_addr().unwrap()).unwrap();
+                let app = Router::new().route("/api/v2/series", post(series)).with_state(shared);
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        let addr = receiver.recv().unwrap();
+        Intake {
+            url: format!("http://{addr}"),
+            latency_ms: state.latency_ms,
+            requests: state.requests,
+            bytes: state.bytes,
+        }
+    }
+
+    fn send(&self, input: &Path, ledger: &Path, extra: &[&str]) -> Outcome {
+        let log_dir = ledger.with_extension("logs");
+        let _ = std::fs::remove_dir_all(&log_dir);
+        let started = Instant::now();
+        let output = Command::new(BIN)
+            .args(["send", "--historical", "--output", "json", "--api-url", &self.url])
+            .arg("--ledger")
+            .arg(ledger)
+            .arg("--log-dir")
+            .arg(&log_dir)
+            .args(extra)
+            .arg(input)
+            .env("DD_API_KEY", "bench-key")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let wall = started.elapsed().as_secs_f64();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{stderr}");
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        Outcome { wall, summary }
+    }
+}
+
+async fn series(
+    State(state): State<IntakeState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (axum::http::StatusCode, &'static str) {
+    let mut raw = Vec::new();
+    match headers.get("content-encoding").and_then(|v| v.to_str().ok()) {
+        Some("zstd1") => {
+            zstd::stream::read::Decoder::new(&body[..]).unwrap().read_to_end(&mut raw).unwrap();
+        }
+        Some("gzip") => {
+            flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut raw).unwrap();
+        }
+        Some("deflate") => {
+            flate2::read::ZlibDecoder::new(&body[..]).read_to_end(&mut raw).unwrap();
+        }
+        _ => raw.extend_from_slice(&body),
+    }
+    assert!(body.len() <= 512_000 && raw.len() <= 5_242_880, "over Datadog's limits");
+    serde_json::from_slice::<serde::de::IgnoredAny>(&raw).expect("valid JSON");
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    state.bytes.fetch_add(body.len() as u64, Ordering::SeqCst);
+    let latency = state.latency_ms.load(Ordering::SeqCst);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    (axum::http::StatusCode::ACCEPTED, "{\"errors\":[]}")
+}
+
+struct Row {
+    name: String,
+    wall: f64,
+    runs: u64,
+    rss_mb: f64,
+    requests: u64,
+    floor: Option<(&'static str, f64)>,
+}
+
+impl Row {
+    fn new(name: &str, outcome: &Outcome, runs: u64, floor: Option<(&'static str, f64)>) -> Row {
+        let rss = outcome.summary["peak_rss_bytes"].as_u64().unwrap_or(0);
+        Row {
+            name: name.to_owned(),
+            wall: outcome.wall,
+            runs,
+            rss_mb: rss as f64 / 1_048_576.0,
+            requests: outcome.summary["requests"].as_u64().unwrap_or(0),
+            floor,
+        }
+    }
+}
+
+impl std::fmt::Display for Row {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (floor, ratio) = match self.floor {
+            Some((label, floor)) => (format!("{floor:.2} ({label})"), format!("{:.2}", self.wall / floor)),
+            None => ("-".to_owned(), "-".to_owned()),
+        };
+        write!(
+            f,
+            "| {} | {:.2} | {:.0} | {:.1} | {} | {} | {} |",
+            self.name,
+            self.wall,
+            self.runs as f64 / self.wall,
+            self.rss_mb,
+            self.requests,
+            floor,
+            ratio
+        )
+    }
+}
