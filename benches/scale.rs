@@ -71,6 +71,10 @@ fn main() {
         gh_runs,
         Some(("floor", gh_floor.total())),
     ));
+    if args.iter().any(|arg| arg == "--first") {
+        println!("{}", table[0]);
+        return;
+    }
 
     let rerun = intake.send(&gh, &ledger, &[]);
     assert_eq!(rerun.summary["requests"], 0, "a rerun makes no request");
@@ -88,6 +92,16 @@ fn main() {
         &run,
         rest_runs,
         Some(("floor", rest_floor.total())),
+    ));
+
+    fresh(&ledger);
+    let run = intake.send(&gh, &ledger, &["--log-detail", "requests"]);
+    let log_cost = 1.0 - run.wall / table[0].wall;
+    table.push(Row::new(
+        &format!("send {gh_runs} gh rows, log without series"),
+        &run,
+        gh_runs,
+        Some(("floor", gh_floor.total())),
     ));
 
     fresh(&ledger);
@@ -115,6 +129,7 @@ fn main() {
          {rest_runs} REST runs: {:.2}s (parse {:.2}s)",
         gh_floor.parse, gh_floor.ledger, gh_floor.encode, gh_floor.compress, gh_floor.total(), rest_floor.total(), rest_floor.parse
     );
+    println!("run log cost at full detail: {:.0}% of the run (full vs request lines only)", log_cost * 100.0);
     println!(
         "intake bodies: {} requests, {} MB compressed",
         intake.requests.load(Ordering::SeqCst),
@@ -476,6 +491,7 @@ impl Intake {
             .arg("--log-dir")
             .arg(&log_dir)
             .args(extra)
+            .args(std::env::var("BENCH_ARGS").unwrap_or_default().split_whitespace())
             .arg(input)
             .env("DD_API_KEY", "bench-key")
             .stdin(Stdio::null())

@@ -110,11 +110,11 @@ pub struct SendArgs {
     pub compression: Compression,
 
     /// Most runs in one request (requests are also cut by Datadog's size limits).
-    #[arg(long, value_name = "N", default_value_t = 1000)]
+    #[arg(long, value_name = "N", default_value_t = 2000)]
     pub batch_size: usize,
 
     /// Requests in flight at once.
-    #[arg(long, value_name = "N", default_value_t = 4)]
+    #[arg(long, value_name = "N", default_value_t = 8)]
     pub concurrency: usize,
 
     /// Attempts per request, the first included (408, 429, 5xx and network errors are retried).
@@ -159,6 +159,12 @@ pub struct SendArgs {
     #[arg(long, value_name = "DIR", default_value = "log")]
     pub log_dir: PathBuf,
 
+    /// How much the run log says of each request: `full` (every series, every point with epoch
+    /// and ISO 8601 time), `compact` (points as epoch=value), or `requests` (no send or series
+    /// lines: the request lines still name every run key).
+    #[arg(long, value_enum, default_value_t = LogDetail::Full)]
+    pub log_detail: LogDetail,
+
     /// Print the closing summary as JSON on stdout.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -191,6 +197,13 @@ pub struct CommonArgs {
     /// Timeout of one HTTP request, seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub request_timeout: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogDetail {
+    Full,
+    Compact,
+    Requests,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{CheckArgs, CommonArgs, OutputFormat, SendArgs};
+use crate::cli::{CheckArgs, CommonArgs, LogDetail, OutputFormat, SendArgs};
 use crate::datadog::{self, ApiKey, Compression};
 use crate::metrics::{self, SeriesSpec};
 use crate::retry::RetryPolicy;
@@ -83,6 +83,9 @@ pub struct SendConfig {
     pub at_most_once: bool,
     pub claim_ttl: Duration,
     pub shutdown_grace: Duration,
+    pub log_detail: LogDetail,
+    /// Draw a progress bar on stderr (only when stderr is a terminal).
+    pub progress: bool,
 }
 
 #[derive(Debug)]
@@ -152,6 +155,8 @@ impl SendConfig {
             at_most_once: args.at_most_once,
             claim_ttl: Duration::from_secs(args.claim_ttl),
             shutdown_grace: Duration::from_secs(args.shutdown_grace),
+            log_detail: args.log_detail,
+            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         })
     }
 }

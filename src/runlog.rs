@@ -198,7 +198,7 @@ pub fn format_send(out: &mut String, key: &str, timestamp: i64, stamped: bool) {
 
 /// `series request=<n> metric=<m> type=<t> unit=<u|-> points=<epoch>/<iso>=<value>,... tags=<t,...>`,
 /// with its newline.
-pub fn format_series(out: &mut String, request: u64, series: &Series) {
+pub fn format_series(out: &mut String, request: u64, series: &Series, with_iso: bool) {
     let _ = write!(
         out,
         "series request={request} metric={} type={} unit={} points=",
@@ -210,12 +210,15 @@ pub fn format_series(out: &mut String, request: u64, series: &Series) {
         if index > 0 {
             out.push(',');
         }
-        let _ = write!(out, "{timestamp}/");
-        match DateTime::from_timestamp(*timestamp, 0) {
-            Some(time) => {
-                let _ = write!(out, "{}", time.format("%Y-%m-%dT%H:%M:%SZ"));
+        let _ = write!(out, "{timestamp}");
+        if with_iso {
+            out.push('/');
+            match DateTime::from_timestamp(*timestamp, 0) {
+                Some(time) => {
+                    let _ = write!(out, "{}", time.format("%Y-%m-%dT%H:%M:%SZ"));
+                }
+                None => out.push('-'),
             }
-            None => out.push('-'),
         }
         let _ = write!(out, "={value}");
     }

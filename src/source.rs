@@ -20,6 +20,7 @@
 use std::fmt;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
@@ -168,12 +169,45 @@ pub struct ReadStats {
 /// The input cannot be opened, is a directory, is empty, or is not valid JSON (the message names
 /// the line and column). Records handed over before a syntax error stay handed over.
 pub fn read_input(input: &Input, sink: &mut dyn FnMut(Record) -> SinkResult) -> Result<ReadStats, SourceError> {
+    read_input_counted(input, &AtomicU64::new(0), sink)
+}
+
+/// As [`read_input`], adding the bytes read to `bytes_read` as it goes (for a progress bar).
+///
+/// # Errors
+/// As [`read_input`].
+pub fn read_input_counted(
+    input: &Input,
+    bytes_read: &AtomicU64,
+    sink: &mut dyn FnMut(Record) -> SinkResult,
+) -> Result<ReadStats, SourceError> {
     match input {
-        Input::Stdin => read_from(input, io::stdin().lock(), sink),
+        Input::Stdin => read_from(input, Counted { inner: io::stdin().lock(), bytes_read }, sink),
         Input::File(path) => {
             let file = open_file(input, path)?;
-            read_from(input, file, sink)
+            read_from(input, Counted { inner: file, bytes_read }, sink)
         }
+    }
+}
+
+/// The size of an input, if it is a file.
+pub fn input_size(input: &Input) -> Option<u64> {
+    match input {
+        Input::Stdin => None,
+        Input::File(path) => std::fs::metadata(path).ok().filter(|m| m.is_file()).map(|m| m.len()),
+    }
+}
+
+struct Counted<'a, R> {
+    inner: R,
+    bytes_read: &'a AtomicU64,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        self.bytes_read.fetch_add(read as u64, Ordering::Relaxed);
+        Ok(read)
     }
 }
 

@@ -14,12 +14,16 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::Bytes;
 use chrono::Utc;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::cli::LogDetail;
 use crate::config::SendConfig;
 use crate::datadog::{self, Client, Compression, DatadogError};
 use crate::error::exit_code;
@@ -136,7 +140,9 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
     let (sender, mut receiver) = mpsc::channel::<Message>(4);
     let inputs = config.inputs.clone();
     let default_repo = config.default_repo.clone();
-    let reader = std::thread::spawn(move || read_all(&inputs, default_repo.as_ref(), &sender));
+    let mut progress = Progress::new(config);
+    let bytes_read = progress.bytes_read.clone();
+    let reader = std::thread::spawn(move || read_all(&inputs, default_repo.as_ref(), &bytes_read, &sender));
 
     // Stages 2-6 run as input arrives and requests complete.
     let mut input_done = false;
@@ -171,11 +177,13 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
                 }
             },
         }
+        progress.update(&pipeline.summary);
         if matches!(pipeline.halt, Some(Halt::Signal(_))) {
             pipeline.drain_within_grace().await;
             break;
         }
     }
+    progress.finish();
     // Dropping the receiver tells the reader thread to stop, if it has not finished.
     drop(receiver);
     let _ = reader.join();
@@ -184,6 +192,63 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
     summary.elapsed_seconds = started.elapsed().as_secs_f64();
     summary.peak_rss_bytes = peak_rss_bytes();
     Ok(summary)
+}
+
+/// The progress bar on stderr: input bytes read (with ETA when the inputs are files), runs read,
+/// sent and skipped, and the rate. Hidden unless stderr is a terminal, so cron and CI see only the
+/// closing summary.
+struct Progress {
+    bar: ProgressBar,
+    bytes_read: Arc<AtomicU64>,
+    started: Instant,
+    last_drawn: Instant,
+}
+
+impl Progress {
+    fn new(config: &SendConfig) -> Progress {
+        let sizes: Option<Vec<u64>> = config.inputs.iter().map(source::input_size).collect();
+        let bar = if !config.progress {
+            ProgressBar::hidden()
+        } else if let Some(total) = sizes.map(|sizes| sizes.iter().sum()) {
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {msg} ETA {eta}")
+                    .expect("the template is valid"),
+            );
+            bar
+        } else {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.set_style(ProgressStyle::with_template("{spinner} {bytes} {msg}").expect("the template is valid"));
+            bar
+        };
+        let now = Instant::now();
+        Progress { bar, bytes_read: Arc::new(AtomicU64::new(0)), started: now, last_drawn: now }
+    }
+
+    fn update(&mut self, summary: &Summary) {
+        if self.bar.is_hidden() || self.last_drawn.elapsed() < std::time::Duration::from_millis(100) {
+            return;
+        }
+        self.last_drawn = Instant::now();
+        self.bar.set_position(self.bytes_read.load(Ordering::Relaxed));
+        let skipped = summary.already_sent
+            + summary.not_completed
+            + summary.duplicates
+            + summary.too_old
+            + summary.too_old_before
+            + summary.claimed_elsewhere
+            + summary.dead_before;
+        let rate = summary.records as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+        let sent = if summary.dry_run { summary.would_send } else { summary.sent };
+        self.bar.set_message(format!(
+            "read {} · sent {sent} · skipped {skipped} · failed {} · {rate:.0} runs/s",
+            summary.records, summary.failed
+        ));
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 /// `VmHWM` of `/proc/self/status`: the peak resident set size so far.
@@ -206,7 +271,12 @@ struct InputError {
     message: String,
 }
 
-fn read_all(inputs: &[Input], default_repo: Option<&(String, String)>, sender: &mpsc::Sender<Message>) {
+fn read_all(
+    inputs: &[Input],
+    default_repo: Option<&(String, String)>,
+    bytes_read: &AtomicU64,
+    sender: &mpsc::Sender<Message>,
+) {
     for input in inputs {
         let mut chunk = Vec::with_capacity(CHUNK);
         let mut sink = |record: Record| -> SinkResult {
@@ -220,7 +290,7 @@ fn read_all(inputs: &[Input], default_repo: Option<&(String, String)>, sender: &
             }
             Ok(())
         };
-        let result = source::read_input(input, &mut sink);
+        let result = source::read_input_counted(input, bytes_read, &mut sink);
         if !chunk.is_empty() && sender.blocking_send(Message::Records(chunk)).is_err() {
             return;
         }
@@ -330,6 +400,7 @@ struct Job {
     /// `None` in a dry run: everything but the post.
     client: Option<Arc<Client>>,
     signals: watch::Receiver<Option<i32>>,
+    log_detail: LogDetail,
 }
 
 impl Job {
@@ -351,16 +422,14 @@ impl Job {
         };
         let Some(body) = compressed.filter(|body| body.len() <= datadog::MAX_COMPRESSED_BYTES) else { return delivery };
         drop(raw);
-        for planned in self.runs.iter() {
-            runlog::format_send(
-                &mut delivery.log,
-                &planned.run.key,
-                planned.timestamp,
-                planned.timestamp != planned.run.completed_at,
-            );
-        }
-        for one in &series {
-            runlog::format_series(&mut delivery.log, number, one);
+        if self.log_detail != LogDetail::Requests {
+            for planned in self.runs.iter() {
+                let stamped = planned.timestamp != planned.run.completed_at;
+                runlog::format_send(&mut delivery.log, &planned.run.key, planned.timestamp, stamped);
+            }
+            for one in &series {
+                runlog::format_series(&mut delivery.log, number, one, self.log_detail == LogDetail::Full);
+            }
         }
         drop(series);
         match self.client {
@@ -567,13 +636,13 @@ impl Pipeline<'_> {
             return;
         }
         // Counts are summed on top of the runs with the same point key sent before.
-        let point_keys: Vec<i64> = runs.iter().map(|planned| planned.point_key).collect();
-        let sent_before = match self.ledger.sent_counts(&point_keys) {
+        let points: Vec<(i64, i64)> = runs.iter().map(|planned| (planned.timestamp, planned.point_key)).collect();
+        let sent_before = match self.ledger.sent_counts(&points) {
             Ok(counts) => counts,
             Err(error) => return self.abandon(runs, &error),
         };
-        let mut before = HashMap::with_capacity(point_keys.len());
-        for point_key in point_keys {
+        let mut before = HashMap::with_capacity(points.len());
+        for (_, point_key) in points {
             let count = sent_before.get(&point_key).copied().unwrap_or(0)
                 + self.inflight_counts.get(&point_key).copied().unwrap_or(0);
             if count > 0 {
@@ -603,6 +672,7 @@ impl Pipeline<'_> {
             policy: self.config.retry.clone(),
             client: self.client.clone(),
             signals: self.signals.clone(),
+            log_detail: self.config.log_detail,
         };
         self.inflight.spawn(job.run());
     }

@@ -150,3 +150,29 @@ fn help_shows_no_secret_defaults() {
     assert!(out.stdout.contains("--dry-run") && out.stdout.contains("--api-key-file"));
     assert!(!out.stdout.contains(API_KEY));
 }
+
+#[test]
+fn without_a_terminal_stderr_is_only_the_closing_summary() {
+    let now = fixtures::now();
+    let env = Env::new();
+    let intake = Intake::start();
+    let runs: Vec<_> = (1..=3000).map(spec).collect();
+    let file = env.file("runs.json", fixtures::rest_page(&runs, now).to_string());
+    let out = env.send(&intake).arg(&file).run();
+    out.expect_code(0);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", out.stderr);
+    assert!(lines[0].starts_with("workflow-metrics: sent 3000 run(s)"), "{}", out.stderr);
+}
+
+#[test]
+fn compact_log_detail_leaves_out_iso_times() {
+    let now = fixtures::now();
+    let env = Env::new();
+    let intake = Intake::start();
+    let run = spec(1);
+    let file = env.file("runs.json", fixtures::rest_run(&run, now).to_string());
+    env.send(&intake).arg(&file).args(["--log-detail", "compact"]).run().expect_code(0);
+    let expected = format!("points={}=1 tags=", run.completed_at(now));
+    assert!(env.logs()[0].contains(&expected), "{}", env.logs()[0]);
+}
