@@ -500,6 +500,9 @@ impl Intake {
         let wall = started.elapsed().as_secs_f64();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(0), "{stderr}");
+        if std::env::var_os("BENCH_STDERR").is_some() {
+            eprint!("{stderr}");
+        }
         let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         Outcome { wall, summary }
     }

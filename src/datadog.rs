@@ -303,7 +303,7 @@ mod tests {
             metric: "m".into(),
             kind: MetricKind::Gauge,
             unit: Some("second"),
-            tags: vec!["a:b".into()],
+            tags: vec!["a:b".to_owned()].into(),
             points: vec![(10, 1.5)],
         }];
         assert_eq!(

@@ -12,6 +12,7 @@
 //!   points.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::DateTime;
 
@@ -314,10 +315,11 @@ impl MetricKind {
 /// One series for the request being built.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Series {
-    pub metric: String,
+    pub metric: Arc<str>,
     pub kind: MetricKind,
     pub unit: Option<&'static str>,
-    pub tags: Vec<String>,
+    /// Shared by the series of one tag set (and with the runs' `Planned`): no copies.
+    pub tags: Arc<[String]>,
     /// (unix seconds, value), ascending by time.
     pub points: Vec<(i64, f64)>,
 }
@@ -334,14 +336,14 @@ pub struct SeriesSpec {
 pub struct Planned {
     pub run: Run,
     pub timestamp: i64,
-    pub tags: Vec<String>,
+    pub tags: Arc<[String]>,
     /// Identity of the run's count points (prefix, tags, timestamp): runs sharing it are summed.
     pub point_key: i64,
 }
 
 impl SeriesSpec {
     pub fn plan(&self, run: Run, timestamp: i64) -> Planned {
-        let tags = self.tags(&run);
+        let tags: Arc<[String]> = self.tags(&run).into();
         let point_key = point_key(&self.prefix, &tags, timestamp);
         Planned { run, timestamp, tags, point_key }
     }
@@ -377,14 +379,14 @@ impl SeriesSpec {
             queued: Option<f64>,
         }
         struct Group<'r> {
-            tags: &'r [String],
+            tags: &'r Arc<[String]>,
             conclusion: &'r str,
             points: Vec<Point>,
         }
         let mut index: HashMap<&[String], usize> = HashMap::new();
         let mut groups: Vec<Group<'_>> = Vec::new();
         for planned in runs {
-            let slot = *index.entry(planned.tags.as_slice()).or_insert_with(|| {
+            let slot = *index.entry(&planned.tags[..]).or_insert_with(|| {
                 groups.push(Group { tags: &planned.tags, conclusion: &planned.run.conclusion, points: Vec::new() });
                 groups.len() - 1
             });
@@ -404,6 +406,12 @@ impl SeriesSpec {
                 }),
             }
         }
+        // Metric names are built once per call, not once per series.
+        let prefix = &self.prefix;
+        let total: Arc<str> = format!("{prefix}.workflow_run.total").into();
+        let duration: Arc<str> = format!("{prefix}.workflow_run.duration_second").into();
+        let queued_name: Arc<str> = format!("{prefix}.workflow_run.queued_duration_second").into();
+        let mut by_conclusion: HashMap<&str, Arc<str>> = HashMap::new();
         let mut series = Vec::with_capacity(groups.len() * 4);
         for mut group in groups {
             group.points.sort_by_key(|point| point.timestamp);
@@ -417,17 +425,22 @@ impl SeriesSpec {
             };
             let durations = gauge(|point| point.duration);
             let queued = gauge(|point| point.queued);
-            let prefix = &self.prefix;
-            let tags = group.tags.to_vec();
+            let conclusion_metric = by_conclusion
+                .entry(group.conclusion)
+                .or_insert_with(|| {
+                    format!("{prefix}.workflow_run.conclusion.{}_total", metric_segment(group.conclusion)).into()
+                })
+                .clone();
+            let tags = group.tags;
             series.push(Series {
-                metric: format!("{prefix}.workflow_run.total"),
+                metric: total.clone(),
                 kind: MetricKind::Count,
                 unit: None,
                 tags: tags.clone(),
                 points: counts.clone(),
             });
             series.push(Series {
-                metric: format!("{prefix}.workflow_run.conclusion.{}_total", metric_segment(group.conclusion)),
+                metric: conclusion_metric,
                 kind: MetricKind::Count,
                 unit: None,
                 tags: tags.clone(),
@@ -435,7 +448,7 @@ impl SeriesSpec {
             });
             if !durations.is_empty() {
                 series.push(Series {
-                    metric: format!("{prefix}.workflow_run.duration_second"),
+                    metric: duration.clone(),
                     kind: MetricKind::Gauge,
                     unit: Some("second"),
                     tags: tags.clone(),
@@ -444,10 +457,10 @@ impl SeriesSpec {
             }
             if !queued.is_empty() {
                 series.push(Series {
-                    metric: format!("{prefix}.workflow_run.queued_duration_second"),
+                    metric: queued_name.clone(),
                     kind: MetricKind::Gauge,
                     unit: Some("second"),
-                    tags,
+                    tags: tags.clone(),
                     points: queued,
                 });
             }
@@ -772,7 +785,7 @@ mod tests {
         let spec = SeriesSpec { prefix: "github.actions".into(), extra_tags: vec!["team:ci".into()] };
         let run = planned(&spec, &completed());
         let series = spec.series(std::slice::from_ref(&run), &|_| 0);
-        let names: Vec<_> = series.iter().map(|s| (s.metric.as_str(), s.kind.name(), s.points.clone())).collect();
+        let names: Vec<_> = series.iter().map(|s| (&*s.metric, s.kind.name(), s.points.clone())).collect();
         assert_eq!(
             names,
             [
@@ -783,7 +796,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            series[0].tags,
+            &series[0].tags[..],
             [
                 "repository_owner:octo-org",
                 "repository_name:repo",

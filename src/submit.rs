@@ -147,15 +147,17 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
     // Stages 2-6 run as input arrives and requests complete.
     let mut input_done = false;
     let mut signals = signals;
+    let mut timings = Timings::default();
     loop {
+        let mark = Instant::now();
         pipeline.dispatch_ready(input_done).await;
-        if pipeline.inflight.is_empty()
-            && (pipeline.halt.is_some()
-                || (input_done && pipeline.buffer.is_empty() && pipeline.split_queue.is_empty()))
-        {
+        timings.dispatch += mark.elapsed();
+        let drained = pipeline.buffer.is_empty() && pipeline.split_queue.is_empty() && pipeline.deferred.is_empty();
+        if pipeline.inflight.is_empty() && (pipeline.halt.is_some() || (input_done && drained)) {
             break;
         }
         let can_read = !input_done && pipeline.halt.is_none() && pipeline.buffer.len() < config.batch_size;
+        let mark = Instant::now();
         tokio::select! {
             changed = signals.changed(), if pipeline.halt.is_none() => {
                 if changed.is_ok() {
@@ -165,11 +167,19 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
                 }
             }
             Some(done) = pipeline.inflight.join_next(), if !pipeline.inflight.is_empty() => {
+                timings.waiting += mark.elapsed();
+                let mark = Instant::now();
                 pipeline.complete(done);
+                timings.complete += mark.elapsed();
             }
             message = receiver.recv(), if can_read => match message {
                 None => input_done = true,
-                Some(Message::Records(records)) => pipeline.take(records),
+                Some(Message::Records(records)) => {
+                    timings.waiting += mark.elapsed();
+                    let mark = Instant::now();
+                    pipeline.take(records);
+                    timings.take += mark.elapsed();
+                }
                 Some(Message::InputFailed(error)) => {
                     pipeline.log.input_error(&error.input, &error.message);
                     tracing::error!(input = %error.input, error = %error.message, "input not read to its end");
@@ -184,6 +194,13 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
         }
     }
     progress.finish();
+    tracing::info!(
+        take_ms = timings.take.as_millis() as u64,
+        dispatch_ms = timings.dispatch.as_millis() as u64,
+        complete_ms = timings.complete.as_millis() as u64,
+        waiting_ms = timings.waiting.as_millis() as u64,
+        "pipeline task time"
+    );
     // Dropping the receiver tells the reader thread to stop, if it has not finished.
     drop(receiver);
     let _ = reader.join();
@@ -192,6 +209,16 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
     summary.elapsed_seconds = started.elapsed().as_secs_f64();
     summary.peak_rss_bytes = peak_rss_bytes();
     Ok(summary)
+}
+
+/// Where the pipeline task spent its time (shown with -v): filtering chunks, claiming and
+/// starting requests, marking, and waiting for input or answers.
+#[derive(Default)]
+struct Timings {
+    take: std::time::Duration,
+    dispatch: std::time::Duration,
+    complete: std::time::Duration,
+    waiting: std::time::Duration,
 }
 
 /// The progress bar on stderr: input bytes read (with ETA when the inputs are files), runs read,
