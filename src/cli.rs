@@ -39,6 +39,10 @@ pub struct LedgerArgs {
     /// The ledger of runs already sent.
     #[arg(long, value_name = "PATH", default_value = "cache/metrics.db", global = true)]
     pub ledger: PathBuf,
+
+    /// Seconds to wait for another invocation that holds the ledger.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600, global = true)]
+    pub lock_timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,11 +150,6 @@ pub struct SendArgs {
     #[arg(long)]
     pub at_most_once: bool,
 
-    /// Seconds after which another invocation's claim on a run is taken as abandoned (claims of
-    /// a process of this host that has ended are dropped at once).
-    #[arg(long, value_name = "SECONDS", default_value_t = 900)]
-    pub claim_ttl: u64,
-
     /// Seconds requests in flight get to finish after SIGINT/SIGTERM.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub shutdown_grace: u64,
@@ -193,6 +192,10 @@ pub struct CommonArgs {
     /// Read the API key from this file instead of the DD_API_KEY environment variable.
     #[arg(long, value_name = "PATH")]
     pub api_key_file: Option<PathBuf>,
+
+    /// Seconds to wait for another invocation that holds the ledger (one writes at a time).
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    pub lock_timeout: u64,
 
     /// Timeout of one HTTP request, seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]

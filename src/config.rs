@@ -48,8 +48,6 @@ pub enum ConfigError {
     Concurrency,
     #[error("--max-attempts and --circuit-breaker must be at least 1")]
     Attempts,
-    #[error("--claim-ttl ({ttl}s) must exceed --retry-deadline plus --request-timeout ({needed}s), or a slow request would lose its claim")]
-    ClaimTtl { ttl: u64, needed: u64 },
 }
 
 /// Where and how to reach Datadog.
@@ -81,7 +79,7 @@ pub struct SendConfig {
     pub retry: RetryPolicy,
     pub circuit_breaker: u32,
     pub at_most_once: bool,
-    pub claim_ttl: Duration,
+    pub lock_timeout: Duration,
     pub shutdown_grace: Duration,
     pub log_detail: LogDetail,
     /// Draw a progress bar on stderr (only when stderr is a terminal).
@@ -91,6 +89,7 @@ pub struct SendConfig {
 #[derive(Debug)]
 pub struct CheckConfig {
     pub ledger: PathBuf,
+    pub lock_timeout: Duration,
     pub endpoint: Endpoint,
     pub api_key: ApiKey,
 }
@@ -122,10 +121,6 @@ impl SendConfig {
         if args.max_attempts == 0 || args.circuit_breaker == 0 {
             return Err(ConfigError::Attempts);
         }
-        let needed = args.retry_deadline + args.common.request_timeout;
-        if args.claim_ttl <= needed {
-            return Err(ConfigError::ClaimTtl { ttl: args.claim_ttl, needed });
-        }
         let retry = RetryPolicy {
             max_attempts: args.max_attempts,
             deadline: Duration::from_secs(args.retry_deadline),
@@ -153,7 +148,7 @@ impl SendConfig {
             retry,
             circuit_breaker: args.circuit_breaker,
             at_most_once: args.at_most_once,
-            claim_ttl: Duration::from_secs(args.claim_ttl),
+            lock_timeout: Duration::from_secs(args.common.lock_timeout),
             shutdown_grace: Duration::from_secs(args.shutdown_grace),
             log_detail: args.log_detail,
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
@@ -168,6 +163,7 @@ impl CheckConfig {
         Ok(CheckConfig {
             endpoint: endpoint(&args.common)?,
             api_key: api_key(&args.common)?,
+            lock_timeout: Duration::from_secs(args.common.lock_timeout),
             ledger: args.common.ledger,
         })
     }

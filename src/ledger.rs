@@ -6,9 +6,12 @@
 //! - `skipped_runs`: runs recorded apart from the sent ones, with a reason, so they are not
 //!   reconsidered on every invocation: `too_old` (outside Datadog's window) and `dead` (Datadog
 //!   answered 400 for that run alone; `detail` keeps the error, `ledger requeue` frees it).
-//! - `claims`: runs an invocation is sending right now (see ARCHITECTURE.md, "Overlapping
-//!   invocations"). A claim is dropped when its runs are marked or released, when its owner is
-//!   a process of this host that no longer runs, or when it is older than the claim TTL.
+//!
+//! Overlapping invocations: a live (writing) ledger is held by one process at a time, through an
+//! exclusive lock on `<ledger>.lock` (`File::try_lock`, flock on Unix). Another invocation waits
+//! for it (up to `--lock-timeout`), then sees what the first one sent. The kernel releases the
+//! lock of a process that dies, even by `kill -9`, so nothing stays stuck. (Schema 2 had per-run
+//! claims for this; schema 4 drops them: the lock costs nothing per run.)
 //!
 //! Migrations are an ordered list applied inside one exclusive transaction; old entries are never
 //! edited. Look-ups of a batch are one query over an `rarray` of keys (one bound parameter, no
@@ -18,9 +21,10 @@
 //! attaches the real ledger read-only as `base`: reads see both, writes only touch `main`, so the
 //! real ledger is never written.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
@@ -53,6 +57,8 @@ const MIGRATIONS: &[&str] = &[
     // index grows at a few places instead of at a random page per run.
     "DROP INDEX sent_metrics_point_key;
      CREATE INDEX sent_metrics_point ON sent_metrics (completed_at, point_key);",
+    // 4: per-run claims give way to the ledger lock.
+    "DROP TABLE claims;",
 ];
 
 /// The schema version this binary writes.
@@ -76,6 +82,14 @@ pub enum LedgerError {
     TooNew { path: PathBuf, found: i64 },
     #[error("ledger at {path} has schema version {found}; a dry run does not migrate it: run `workflow-metrics check` once to upgrade it")]
     NeedsMigration { path: PathBuf, found: i64 },
+    #[error("ledger at {path} is held by another invocation (lock file {lock}); gave up after {waited_seconds}s (--lock-timeout)")]
+    Busy { path: PathBuf, lock: PathBuf, waited_seconds: u64 },
+    #[error("cannot create the lock file {lock} of the ledger")]
+    LockFile {
+        lock: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("ledger at {path}: {action} failed")]
     Query {
         path: PathBuf,
@@ -114,6 +128,8 @@ pub struct Ledger {
     connection: Connection,
     path: PathBuf,
     dry_run: bool,
+    /// The exclusive lock on `<ledger>.lock`, held as long as this value lives.
+    _lock: Option<std::fs::File>,
 }
 
 impl Ledger {
@@ -122,17 +138,24 @@ impl Ledger {
     /// # Errors
     /// The folder cannot be created, the file is not a SQLite database, or its schema is newer
     /// than this binary's.
-    pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
+    pub fn open(path: &Path, lock_timeout: Duration) -> Result<Ledger, LedgerError> {
         if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
                 .map_err(|source| LedgerError::CreateDir { path: parent.to_owned(), source })?;
         }
+        let lock = lock(path, lock_timeout)?;
+        let mut ledger = Ledger::open_unlocked(path)?;
+        ledger._lock = Some(lock);
+        Ok(ledger)
+    }
+
+    fn open_unlocked(path: &Path) -> Result<Ledger, LedgerError> {
         let open_error = |source| LedgerError::Open { path: path.to_owned(), source };
         let mut connection = Connection::open(path).map_err(open_error)?;
         configure(&connection).map_err(open_error)?;
         migrate(&mut connection, path)?;
         create_views(&connection, false).map_err(open_error)?;
-        Ok(Ledger { connection, path: path.to_owned(), dry_run: false })
+        Ok(Ledger { connection, path: path.to_owned(), dry_run: false, _lock: None })
     }
 
     /// Opens the ledger for a dry run: the real ledger at `path` is attached read-only (if it
@@ -143,12 +166,12 @@ impl Ledger {
     /// As [`Ledger::open`]; also a real ledger whose schema is older than this binary's.
     pub fn open_dry_run(path: &Path, record: Option<&Path>) -> Result<Ledger, LedgerError> {
         let mut ledger = match record {
-            Some(record) => Ledger::open(record)?,
+            Some(record) => Ledger::open(record, Duration::ZERO)?,
             None => {
                 let open_error = |source| LedgerError::Open { path: PathBuf::from(":memory:"), source };
                 let mut connection = Connection::open_in_memory().map_err(open_error)?;
                 migrate(&mut connection, Path::new(":memory:"))?;
-                Ledger { connection, path: path.to_owned(), dry_run: true }
+                Ledger { connection, path: path.to_owned(), dry_run: true, _lock: None }
             }
         };
         ledger.dry_run = true;
@@ -242,40 +265,6 @@ impl Ledger {
             .map_err(|source| self.query_error("recording too-old runs", source))
     }
 
-    /// Claims `keys` for `owner` in one transaction, first dropping claims whose owner is dead
-    /// (`alive` says no) or older than `ttl_ms`. Returns, per key, whether this owner holds it
-    /// now: `false` means it was sent, is a dead letter, or another live invocation is sending it.
-    ///
-    /// # Errors
-    /// The transaction fails; then nothing is claimed.
-    pub fn claim(
-        &mut self,
-        keys: &[&str],
-        owner: &str,
-        now_ms: i64,
-        ttl_ms: i64,
-        alive: &dyn Fn(&str) -> bool,
-    ) -> Result<Vec<bool>, LedgerError> {
-        let array: Rc<Vec<Value>> = Rc::new(keys.iter().map(|key| Value::Text((*key).to_owned())).collect());
-        write_claims(&mut self.connection, &array, owner, now_ms, ttl_ms, alive)
-            .map_err(|source| self.query_error("claiming runs", source))
-    }
-
-    /// Releases this owner's claims on `keys` (their request failed: a later invocation sends them).
-    ///
-    /// # Errors
-    /// The statement fails; the claims then expire on their own.
-    pub fn release(&mut self, keys: &[&str], owner: &str) -> Result<(), LedgerError> {
-        let array: Rc<Vec<Value>> = Rc::new(keys.iter().map(|key| Value::Text((*key).to_owned())).collect());
-        self.connection
-            .execute(
-                "DELETE FROM main.claims WHERE owner = ?2 AND run_key IN (SELECT value FROM rarray(?1))",
-                params![array, owner],
-            )
-            .map(drop)
-            .map_err(|source| self.query_error("releasing claims", source))
-    }
-
     /// Undoes `mark_sent` for runs whose request failed (`--at-most-once` marks before sending).
     ///
     /// # Errors
@@ -367,19 +356,16 @@ fn write_sent(connection: &mut Connection, runs: &[SentRun<'_>], now_ms: i64) ->
         for run in runs {
             insert.execute(params![run.run_key, run.point_key, run.completed_at, now_ms])?;
         }
-        // Sent now: no longer too old or claimed. One statement each for the whole request (and
-        // none for skipped runs when there are none, the usual case).
+        // Sent now: no longer too old. One statement for the whole request (none when there are
+        // no skipped runs, the usual case).
         let any_skipped: bool = transaction
             .prepare_cached("SELECT EXISTS (SELECT 1 FROM main.skipped_runs)")?
             .query_row([], |row| row.get(0))?;
         if any_skipped {
             transaction
                 .prepare_cached("DELETE FROM main.skipped_runs WHERE run_key IN (SELECT value FROM rarray(?1))")?
-                .execute([keys.clone()])?;
+                .execute([keys])?;
         }
-        transaction
-            .prepare_cached("DELETE FROM main.claims WHERE run_key IN (SELECT value FROM rarray(?1))")?
-            .execute([keys])?;
     }
     transaction.commit()
 }
@@ -405,49 +391,50 @@ fn write_dead(connection: &mut Connection, runs: &[(&str, i64)], detail: &str, n
             "INSERT INTO main.skipped_runs (run_key, reason, completed_at, recorded_at, detail) VALUES (?1, 'dead', ?2, ?3, ?4)
              ON CONFLICT (run_key) DO UPDATE SET reason = 'dead', recorded_at = ?3, detail = ?4",
         )?;
-        let mut unclaim = transaction.prepare_cached("DELETE FROM main.claims WHERE run_key = ?1")?;
         for (run_key, completed_at) in runs {
             insert.execute(params![run_key, completed_at, now_ms, detail])?;
-            unclaim.execute([run_key])?;
         }
     }
     transaction.commit()
 }
 
-fn write_claims(
-    connection: &mut Connection,
-    keys: &Rc<Vec<Value>>,
-    owner: &str,
-    now_ms: i64,
-    ttl_ms: i64,
-    alive: &dyn Fn(&str) -> bool,
-) -> rusqlite::Result<Vec<bool>> {
-    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let others: Vec<String> = {
-        let mut statement = transaction.prepare_cached("SELECT DISTINCT owner FROM main.claims WHERE owner != ?1")?;
-        let rows = statement.query_map([owner], |row| row.get(0))?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
-    for other in others.iter().filter(|other| !alive(other)) {
-        transaction.execute("DELETE FROM main.claims WHERE owner = ?1", [other])?;
+/// Takes the exclusive lock on `<ledger>.lock`, waiting up to `timeout` for another invocation
+/// to let go of it.
+fn lock(path: &Path, timeout: Duration) -> Result<std::fs::File, LedgerError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| LedgerError::LockFile { lock: lock_path.clone(), source })?;
+    let started = Instant::now();
+    let mut said = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if started.elapsed() >= timeout {
+                    return Err(LedgerError::Busy {
+                        path: path.to_owned(),
+                        lock: lock_path,
+                        waited_seconds: started.elapsed().as_secs(),
+                    });
+                }
+                if !said {
+                    tracing::warn!(ledger = %path.display(), "another invocation holds the ledger; waiting for it");
+                    said = true;
+                }
+                // A blocking lock cannot time out; polling can, and the wait is not on a hot path.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(LedgerError::LockFile { lock: lock_path, source });
+            }
+        }
     }
-    transaction.execute("DELETE FROM main.claims WHERE claimed_at < ?1", [now_ms.saturating_sub(ttl_ms)])?;
-    // One statement claims what is free and renews this owner's own claims; RETURNING names
-    // exactly the keys this owner holds afterwards.
-    let held: HashSet<String> = {
-        let mut statement = transaction.prepare_cached(
-            "INSERT INTO main.claims (run_key, owner, claimed_at)
-             SELECT k.value, ?2, ?3 FROM rarray(?1) AS k
-             WHERE NOT EXISTS (SELECT 1 FROM temp.all_sent s WHERE s.run_key = k.value)
-               AND NOT EXISTS (SELECT 1 FROM temp.all_skipped d WHERE d.run_key = k.value AND d.reason = 'dead')
-             ON CONFLICT (run_key) DO UPDATE SET claimed_at = excluded.claimed_at WHERE claims.owner = excluded.owner
-             RETURNING run_key",
-        )?;
-        let rows = statement.query_map(params![keys.clone(), owner, now_ms], |row| row.get(0))?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
-    transaction.commit()?;
-    Ok(keys.iter().map(|key| matches!(key, Value::Text(text) if held.contains(text))).collect())
 }
 
 fn configure(connection: &Connection) -> rusqlite::Result<()> {
@@ -531,7 +518,7 @@ mod tests {
     fn marks_and_looks_up_in_bulk() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/ledger.db");
-        let mut ledger = Ledger::open(&path).unwrap();
+        let mut ledger = Ledger::open(&path, Duration::ZERO).unwrap();
         ledger.mark_sent(&[sent("a", 1), sent("b", 1), sent("c", 2)], 0).unwrap();
         ledger.record_too_old(&[("d", 5)], 0).unwrap();
         // More keys than SQLite's default variable limit (32766): one parameter all the same.
@@ -554,8 +541,8 @@ mod tests {
     fn reopening_keeps_rows_and_version() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.db");
-        Ledger::open(&path).unwrap().mark_sent(&[sent("a", 1)], 0).unwrap();
-        let ledger = Ledger::open(&path).unwrap();
+        Ledger::open(&path, Duration::ZERO).unwrap().mark_sent(&[sent("a", 1)], 0).unwrap();
+        let ledger = Ledger::open(&path, Duration::ZERO).unwrap();
         assert_eq!(ledger.counts().unwrap(), (1, 0));
         let version: i64 = open_read_only(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(version, SCHEMA_VERSION);
@@ -566,11 +553,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.db");
         Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
-        assert!(matches!(Ledger::open(&path), Err(LedgerError::TooNew { found: 99, .. })));
+        assert!(matches!(Ledger::open(&path, Duration::ZERO), Err(LedgerError::TooNew { found: 99, .. })));
         assert!(matches!(Ledger::open_dry_run(&path, None), Err(LedgerError::TooNew { found: 99, .. })));
         let junk = dir.path().join("junk.db");
         std::fs::write(&junk, b"this is not a database, just text that is long enough to be a header").unwrap();
-        let error = Ledger::open(&junk).err().expect("not a database");
+        let error = Ledger::open(&junk, Duration::ZERO).err().expect("not a database");
         assert!(format!("{error}").contains("junk.db"));
     }
 
@@ -578,7 +565,7 @@ mod tests {
     fn dry_run_reads_the_real_ledger_and_writes_nothing_to_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.db");
-        Ledger::open(&path).unwrap().mark_sent(&[sent("a", 1)], 0).unwrap();
+        Ledger::open(&path, Duration::ZERO).unwrap().mark_sent(&[sent("a", 1)], 0).unwrap();
         let before = std::fs::read(&path).unwrap();
         let mut dry = Ledger::open_dry_run(&path, None).unwrap();
         assert_eq!(dry.states(&["a", "b"]).unwrap(), [KeyState::Sent, KeyState::Unknown]);
@@ -587,7 +574,7 @@ mod tests {
         assert_eq!(dry.sent_counts(&[(100, 1)]).unwrap(), HashMap::from([(1, 2)]));
         drop(dry);
         assert_eq!(std::fs::read(&path).unwrap(), before);
-        assert_eq!(Ledger::open(&path).unwrap().counts().unwrap(), (1, 0));
+        assert_eq!(Ledger::open(&path, Duration::ZERO).unwrap().counts().unwrap(), (1, 0));
         // No ledger yet: a dry run must not create one.
         let missing = dir.path().join("none/ledger.db");
         Ledger::open_dry_run(&missing, None).unwrap();
@@ -595,33 +582,24 @@ mod tests {
     }
 
     #[test]
-    fn claims_keep_owners_apart_until_released_dead_or_expired() {
+    fn one_writer_at_a_time_and_the_lock_goes_with_the_ledger() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.db");
-        let mut a = Ledger::open(&path).unwrap();
-        let mut b = Ledger::open(&path).unwrap();
-        let alive = |_: &str| true;
-        assert_eq!(a.claim(&["x", "y"], "A", 1000, 60_000, &alive).unwrap(), [true, true]);
-        assert_eq!(b.claim(&["y", "z"], "B", 1000, 60_000, &alive).unwrap(), [false, true]);
-        // Re-claiming one's own keys keeps them.
-        assert_eq!(a.claim(&["x"], "A", 1000, 60_000, &alive).unwrap(), [true]);
-        a.release(&["y"], "A").unwrap();
-        assert_eq!(b.claim(&["y"], "B", 1000, 60_000, &alive).unwrap(), [true]);
-        // Sent runs cannot be claimed; marking drops the claim.
-        a.mark_sent(&[sent("x", 1)], 0).unwrap();
-        assert_eq!(b.claim(&["x"], "B", 1000, 60_000, &alive).unwrap(), [false]);
-        // A dead owner's claims go at once; an old claim goes after the TTL.
-        assert_eq!(a.claim(&["z"], "A", 2000, 60_000, &|owner| owner != "B").unwrap(), [true]);
-        assert_eq!(b.claim(&["z"], "B", 70_000, 60_000, &alive).unwrap(), [true]);
+        let first = Ledger::open(&path, Duration::ZERO).unwrap();
+        let error = Ledger::open(&path, Duration::from_millis(120)).err().expect("held by the first");
+        assert!(matches!(error, LedgerError::Busy { .. }), "{error}");
+        // Dry runs only read: they do not wait.
+        Ledger::open_dry_run(&path, None).unwrap();
+        drop(first);
+        Ledger::open(&path, Duration::ZERO).unwrap();
     }
 
     #[test]
     fn dead_letters_are_skipped_until_requeued() {
         let dir = tempfile::tempdir().unwrap();
-        let mut ledger = Ledger::open(&dir.path().join("ledger.db")).unwrap();
+        let mut ledger = Ledger::open(&dir.path().join("ledger.db"), Duration::ZERO).unwrap();
         ledger.record_dead(&[("a", 10), ("b", 11)], "{\"errors\":[\"bad\"]}", 5).unwrap();
         assert_eq!(ledger.states(&["a", "c"]).unwrap(), [KeyState::Dead, KeyState::Unknown]);
-        assert_eq!(ledger.claim(&["a"], "A", 0, 1, &|_| true).unwrap(), [false]);
         let dead = ledger.dead_letters().unwrap();
         assert_eq!(dead.len(), 2);
         assert_eq!(dead[0].detail, "{\"errors\":[\"bad\"]}");
@@ -641,7 +619,7 @@ mod tests {
             connection.pragma_update(None, "user_version", 1).unwrap();
             connection.execute("INSERT INTO sent_metrics VALUES ('old', 1, 2, 3)", []).unwrap();
         }
-        let mut ledger = Ledger::open(&path).unwrap();
+        let mut ledger = Ledger::open(&path, Duration::ZERO).unwrap();
         assert_eq!(ledger.states(&["old"]).unwrap(), [KeyState::Sent]);
         ledger.record_dead(&[("d", 1)], "x", 0).unwrap();
         let version: i64 = open_read_only(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();

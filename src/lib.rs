@@ -96,7 +96,7 @@ fn send(config: SendConfig) -> Result<Report, Error> {
 }
 
 fn check(config: CheckConfig) -> Result<Report, Error> {
-    let ledger = ledger::Ledger::open(&config.ledger)?;
+    let ledger = ledger::Ledger::open(&config.ledger, config.lock_timeout)?;
     let (sent, skipped) = ledger.counts()?;
     let client = datadog::Client::new(&config.endpoint.base_url, config.api_key, config.endpoint.request_timeout)?;
     runtime().block_on(client.validate())?;
@@ -113,7 +113,7 @@ fn check(config: CheckConfig) -> Result<Report, Error> {
 }
 
 fn ledger_command(args: LedgerArgs) -> Result<Report, Error> {
-    let mut ledger = ledger::Ledger::open(&args.ledger)?;
+    let mut ledger = ledger::Ledger::open(&args.ledger, std::time::Duration::from_secs(args.lock_timeout))?;
     let (summary_line, json) = match args.action {
         LedgerAction::Dead => {
             let dead = ledger.dead_letters()?;

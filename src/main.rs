@@ -4,7 +4,6 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use workflow_metrics::{cli::Cli, error_chain, run};
 
-
 fn main() {
     let cli = Cli::parse();
     let default_level = match cli.verbose {

@@ -5,8 +5,8 @@
 //! - a run is marked sent only after the 2xx of the request that carried it (with
 //!   `--at-most-once`: just before its request, and unmarked again if the request fails);
 //! - all series of one run travel in one request, and so do runs whose counts are summed;
-//! - a run is claimed in the ledger before its request starts, so an overlapping invocation skips
-//!   it; the claim goes when the run is marked, released, or its owner dies;
+//! - one live invocation at a time holds the ledger (see `ledger`), so overlapping invocations
+//!   never send the same run;
 //! - input is read on its own thread into bounded chunks, and at most `--concurrency` requests
 //!   are in flight, so memory does not grow with the input.
 
@@ -63,8 +63,6 @@ pub struct Summary {
     pub already_sent: u64,
     pub not_completed: u64,
     pub duplicates: u64,
-    /// Being sent by another invocation sharing the ledger.
-    pub claimed_elsewhere: u64,
     /// Completed longer ago than --max-age, recorded by this invocation.
     pub too_old: u64,
     /// Recorded as too old by an earlier invocation.
@@ -105,7 +103,7 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
     let ledger = if config.dry_run {
         Ledger::open_dry_run(&config.ledger, config.dry_run_record.as_deref())?
     } else {
-        Ledger::open(&config.ledger)?
+        Ledger::open(&config.ledger, config.lock_timeout)?
     };
     let client = match &config.api_key {
         Some(key) if !config.dry_run => {
@@ -130,7 +128,6 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
         next_request: 1,
         spec: Arc::new(config.spec.clone()),
         consecutive_failures: 0,
-        owner: owner_id(),
         signals: signals.clone(),
         halt: None,
         warned: 0,
@@ -211,7 +208,7 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
     Ok(summary)
 }
 
-/// Where the pipeline task spent its time (shown with -v): filtering chunks, claiming and
+/// Where the pipeline task spent its time (shown with -v): filtering chunks, counting and
 /// starting requests, marking, and waiting for input or answers.
 #[derive(Default)]
 struct Timings {
@@ -263,7 +260,6 @@ impl Progress {
             + summary.duplicates
             + summary.too_old
             + summary.too_old_before
-            + summary.claimed_elsewhere
             + summary.dead_before;
         let rate = summary.records as f64 / self.started.elapsed().as_secs_f64().max(0.001);
         let sent = if summary.dry_run { summary.would_send } else { summary.sent };
@@ -336,7 +332,7 @@ fn read_all(
 
 /// The first SIGINT/SIGTERM sets the watched value to the exit code (130/143); a second one ends
 /// the process at once. That is safe: runs are marked only after a 2xx, so nothing is lost, and
-/// claims of a dead process are dropped by the next invocation.
+/// the ledger lock of a dead process is released by the kernel.
 fn listen_for_signals() -> watch::Receiver<Option<i32>> {
     let (sender, receiver) = watch::channel(None);
     #[cfg(unix)]
@@ -360,37 +356,6 @@ fn listen_for_signals() -> watch::Receiver<Option<i32>> {
         std::process::exit(second);
     });
     receiver
-}
-
-/// Identifies this invocation in claims: `host:pid:start`, so another invocation on the same
-/// host can tell whether the owner still runs.
-fn owner_id() -> String {
-    let pid = std::process::id();
-    format!("{}:{pid}:{}", host_name(), process_start(pid).unwrap_or_default())
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|name| name.trim().to_owned()).unwrap_or_default()
-}
-
-/// The start time of a process (field 22 of `/proc/PID/stat`), which tells a reused pid apart.
-fn process_start(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19).map(str::to_owned)
-}
-
-/// Whether the owner of a claim still runs. Owners on other hosts, or on a system without
-/// `/proc`, are taken as alive: their claims expire after the claim TTL instead.
-fn owner_alive(owner: &str) -> bool {
-    let mut parts = owner.rsplitn(3, ':');
-    let (Some(start), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else { return true };
-    if host.is_empty() || start.is_empty() || host != host_name() {
-        return true;
-    }
-    let Ok(pid) = pid.parse::<u32>() else { return true };
-    process_start(pid).as_deref() == Some(start)
 }
 
 /// What a request task reports back.
@@ -532,7 +497,6 @@ struct Pipeline<'a> {
     next_request: u64,
     spec: Arc<metrics::SeriesSpec>,
     consecutive_failures: u32,
-    owner: String,
     signals: watch::Receiver<Option<i32>>,
     halt: Option<Halt>,
     warned: u64,
@@ -653,8 +617,7 @@ impl Pipeline<'_> {
     /// Claims one batch, works out its counts and starts its request task.
     async fn dispatch(&mut self, batch: Vec<Planned>) {
         let now_ms = Utc::now().timestamp_millis();
-        // Claim the runs, so an overlapping invocation leaves them alone.
-        let runs = if self.config.dry_run { batch } else { self.claim(batch, now_ms) };
+        let runs = batch;
         // Runs whose point is being written by a request in flight wait for it to land.
         let (runs, blocked): (Vec<Planned>, Vec<Planned>) =
             runs.into_iter().partition(|planned| !self.inflight_counts.contains_key(&planned.point_key));
@@ -702,30 +665,6 @@ impl Pipeline<'_> {
             log_detail: self.config.log_detail,
         };
         self.inflight.spawn(job.run());
-    }
-
-    fn claim(&mut self, batch: Vec<Planned>, now_ms: i64) -> Vec<Planned> {
-        let keys: Vec<&str> = batch.iter().map(|planned| planned.run.key.as_str()).collect();
-        let ttl_ms = i64::try_from(self.config.claim_ttl.as_millis()).unwrap_or(i64::MAX);
-        let held = match self.ledger.claim(&keys, &self.owner, now_ms, ttl_ms, &owner_alive) {
-            Ok(held) => held,
-            Err(error) => {
-                self.summary.failed += batch.len() as u64;
-                self.ledger_failed(&error);
-                return Vec::new();
-            }
-        };
-        let mut claimed = Vec::with_capacity(batch.len());
-        for (planned, held) in batch.into_iter().zip(held) {
-            if held {
-                claimed.push(planned);
-            } else {
-                self.summary.claimed_elsewhere += 1;
-                self.log.skip("claimed_elsewhere", &planned.run.key, None);
-                self.pending_keys.remove(&planned.run.key);
-            }
-        }
-        claimed
     }
 
     /// Stage 6: a request finished (or its task failed).
@@ -859,21 +798,14 @@ impl Pipeline<'_> {
         }
     }
 
-    /// Releases the claims (and, with --at-most-once, the marks) of runs that were not delivered.
+    /// Forgets runs that were not delivered (with --at-most-once: unmarks them), so that the next
+    /// invocation sends them.
     fn let_go(&mut self, runs: &[Planned]) {
         for planned in runs {
             self.pending_keys.remove(&planned.run.key);
         }
-        if self.config.dry_run {
-            return;
-        }
-        if self.config.at_most_once {
+        if self.config.at_most_once && !self.config.dry_run {
             self.unmark(runs);
-        }
-        let keys: Vec<&str> = runs.iter().map(|planned| planned.run.key.as_str()).collect();
-        if let Err(error) = self.ledger.release(&keys, &self.owner) {
-            // The claims expire, or go when this process has ended.
-            tracing::warn!(error = %crate::error_chain(&error), "could not release claims");
         }
     }
 
@@ -1004,7 +936,6 @@ impl Summary {
             (self.already_sent, "already sent"),
             (self.not_completed, "not completed"),
             (self.duplicates, "duplicate"),
-            (self.claimed_elsewhere, "being sent by another invocation"),
             (self.too_old, "too old"),
             (self.too_old_before, "too old before"),
             (self.dead_before, "dead letter before"),

@@ -273,11 +273,11 @@ fn overlapping_invocations_send_each_run_once() {
 }
 
 #[test]
-fn claims_of_a_crashed_process_do_not_strand_its_runs() {
+fn a_crashed_invocation_leaves_nothing_stuck() {
     let env = Env::new();
     let intake = Intake::start();
     let (file, branches) = tagged_runs(&env, 20, "runs.ndjson");
-    // Killed while its only request is in flight: its claims stay behind.
+    // Killed while its only request is in flight, holding the ledger.
     let child = spawn(&env, &intake, &[&file]);
     let pid = child.id();
     intake.hook(Box::new(move |_| {
@@ -286,31 +286,36 @@ fn claims_of_a_crashed_process_do_not_strand_its_runs() {
     }));
     child.wait_with_output().unwrap();
     intake.clear_hook();
-    let claims: i64 = rusqlite::Connection::open(env.ledger())
-        .unwrap()
-        .query_row("SELECT COUNT(*) FROM claims", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(claims, 20);
-    // The next invocation sees the owner is gone and sends at once, without waiting for the TTL.
-    env.send(&intake).arg(&file).run().expect_code(0);
+    // The kernel released its lock: the next invocation starts at once and sends everything.
+    env.send(&intake).arg(&file).args(["--lock-timeout", "0"]).run().expect_code(0);
     assert_eq!(accepted_branches(&intake).keys().cloned().collect::<BTreeSet<_>>(), branches);
+    integrity_ok(&env);
+}
 
-    // Claims of another host: respected while fresh, taken over once older than the TTL.
+#[test]
+fn a_live_invocation_holds_the_ledger_until_it_ends() {
     let env = Env::new();
-    let (file, _) = tagged_runs(&env, 2, "runs.ndjson");
-    env.command(["check"]).arg("--api-url").arg(intake.url()).var("DD_API_KEY", API_KEY).run().expect_code(0);
-    let connection = rusqlite::Connection::open(env.ledger()).unwrap();
-    let now_ms = chrono::Utc::now().timestamp_millis();
-    connection
-        .execute(
-            "INSERT INTO claims VALUES ('octo-org/octo-repo:1:1', 'other-host:1:1', ?1), ('octo-org/octo-repo:2:1', 'other-host:1:1', ?2)",
-            [now_ms, now_ms - 3_600_000],
-        )
-        .unwrap();
+    let intake = Intake::start();
+    let (file, _) = tagged_runs(&env, 5, "runs.ndjson");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let sender = Mutex::new(sender);
+    intake.hook(Box::new(move |number| {
+        let _ = sender.lock().unwrap().send(number);
+        true
+    }));
+    intake.latency(Duration::from_millis(1500));
+    let first = spawn(&env, &intake, &[&file]);
+    // Its request is at the intake: it holds the ledger now.
+    receiver.recv().unwrap();
+    let out = env.send(&intake).arg(&file).args(["--lock-timeout", "0"]).run();
+    out.expect_code(4);
+    assert!(out.stderr.contains("held by another invocation"), "{}", out.stderr);
+    // One that waits gets the ledger once the first is done, and finds nothing left to send.
     let out = env.send(&intake).arg(&file).args(["--output", "json"]).run();
     out.expect_code(0);
-    assert_eq!(out.json()["claimed_elsewhere"], 1);
-    assert_eq!(env.sent_keys(), ["octo-org/octo-repo:2:1"]);
+    assert_eq!(out.json()["already_sent"], 5);
+    assert_eq!(first.wait_with_output().unwrap().status.code(), Some(0));
+    assert_eq!(intake.requests().len(), 1);
 }
 
 // 8. SIGTERM / SIGINT.
