@@ -164,7 +164,9 @@ impl RunLog {
     /// Any write failed along the way, or the final flush.
     pub fn finish(mut self) -> Result<PathBuf, RunLogError> {
         if self.error.is_none() {
-            if let Err(error) = self.out.flush().and_then(|()| self.out.get_ref().sync_data()) {
+            // Flushed, not fsynced: the ledger is the durable record; an fsync of a backfill's
+            // gigabyte of log cost seconds at the end of every large run.
+            if let Err(error) = self.out.flush() {
                 self.error = Some(error);
             }
         }

@@ -139,7 +139,8 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
     let default_repo = config.default_repo.clone();
     let mut progress = Progress::new(config);
     let bytes_read = progress.bytes_read.clone();
-    let reader = std::thread::spawn(move || read_all(&inputs, default_repo.as_ref(), &bytes_read, &sender));
+    let spec = config.spec.clone();
+    let reader = std::thread::spawn(move || read_all(&inputs, default_repo.as_ref(), &spec, &bytes_read, &sender));
 
     // Stages 2-6 run as input arrives and requests complete.
     let mut input_done = false;
@@ -282,10 +283,14 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// A record as the reader thread hands it over: a completed run already planned with its real
+/// timestamp (tags and point key computed off the pipeline task), or anything else.
+type Item = Result<Box<Planned>, Validated>;
+
 enum Message {
     /// Records already validated on the reader thread (validation is pure and costs as much
     /// as parsing, so it runs beside the pipeline rather than in it).
-    Records(Vec<Validated>),
+    Records(Vec<Item>),
     InputFailed(InputError),
 }
 
@@ -297,6 +302,7 @@ struct InputError {
 fn read_all(
     inputs: &[Input],
     default_repo: Option<&(String, String)>,
+    spec: &metrics::SeriesSpec,
     bytes_read: &AtomicU64,
     sender: &mpsc::Sender<Message>,
 ) {
@@ -304,8 +310,14 @@ fn read_all(
         let mut chunk = Vec::with_capacity(CHUNK);
         let mut sink = |record: Record| -> SinkResult {
             chunk.push(match record {
-                Record::Run(raw) => metrics::validate(&raw, default_repo),
-                Record::Unrecognised { origin, reason } => Validated::Invalid { origin, reason },
+                Record::Run(raw) => match metrics::validate(&raw, default_repo) {
+                    Validated::Completed(run) => {
+                        let timestamp = run.completed_at;
+                        Ok(Box::new(spec.plan(*run, timestamp)))
+                    }
+                    other => Err(other),
+                },
+                Record::Unrecognised { origin, reason } => Err(Validated::Invalid { origin, reason }),
             });
             if chunk.len() >= CHUNK {
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
@@ -508,7 +520,7 @@ struct InFlight {
 
 impl Pipeline<'_> {
     /// Stages 2-4 for one chunk of records: validate, filter against the ledger, plan.
-    fn take(&mut self, records: Vec<Validated>) {
+    fn take(&mut self, records: Vec<Item>) {
         let now_ms = Utc::now().timestamp_millis();
         let now = now_ms.div_euclid(1000);
         // Stage 2: validate each record into a completed run, or count why not.
@@ -517,20 +529,25 @@ impl Pipeline<'_> {
         for record in records {
             self.summary.records += 1;
             match record {
-                Validated::Completed(run) => {
-                    if self.pending_keys.contains(&run.key) || !seen_in_chunk.insert(run.key.clone()) {
+                Ok(planned) => {
+                    let key = &planned.run.key;
+                    if self.pending_keys.contains(key) || !seen_in_chunk.insert(key.clone()) {
                         self.summary.duplicates += 1;
-                        self.log.skip("duplicate", &run.key, None);
+                        self.log.skip("duplicate", key, None);
                     } else {
-                        completed.push(*run);
+                        completed.push(*planned);
                     }
                 }
-                Validated::NotCompleted { key, status } => {
+                Err(Validated::Completed(run)) => {
+                    let timestamp = run.completed_at;
+                    completed.push(self.config.spec.plan(*run, timestamp));
+                }
+                Err(Validated::NotCompleted { key, status }) => {
                     self.summary.not_completed += 1;
                     self.log.skip("not_completed", &key, Some(&format!("status={status}")));
                 }
-                Validated::Invalid { origin, reason } => self.invalid(&origin, &reason),
-                Validated::Fatal { origin, reason } => {
+                Err(Validated::Invalid { origin, reason }) => self.invalid(&origin, &reason),
+                Err(Validated::Fatal { origin, reason }) => {
                     self.summary.invalid += 1;
                     self.log.invalid(&origin, &reason);
                     self.halt = Some(Halt::Input(format!("{origin}: {reason}")));
@@ -543,7 +560,7 @@ impl Pipeline<'_> {
         }
 
         // Stage 3: one ledger query for the chunk: skip what was sent or recorded before.
-        let keys: Vec<&str> = completed.iter().map(|run| run.key.as_str()).collect();
+        let keys: Vec<&str> = completed.iter().map(|planned| planned.run.key.as_str()).collect();
         let states = match self.ledger.states(&keys) {
             Ok(states) => states,
             Err(error) => return self.ledger_failed(&error),
@@ -551,7 +568,8 @@ impl Pipeline<'_> {
         let max_age = i64::try_from(self.config.max_age.as_secs()).unwrap_or(i64::MAX);
         let retry_old = self.config.historical || self.config.stamp_now;
         let mut too_old = Vec::new();
-        for (run, state) in completed.into_iter().zip(states) {
+        for (planned, state) in completed.into_iter().zip(states) {
+            let run = &planned.run;
             match state {
                 KeyState::Sent => {
                     self.summary.already_sent += 1;
@@ -578,7 +596,7 @@ impl Pipeline<'_> {
                 Age::TooOld => {
                     self.summary.too_old += 1;
                     self.log.skip("too_old", &run.key, Some(&format!("completed_at={}", run.completed_at)));
-                    too_old.push((run.key, run.completed_at));
+                    too_old.push((run.key.clone(), run.completed_at));
                     continue;
                 }
                 Age::Future => {
@@ -588,7 +606,12 @@ impl Pipeline<'_> {
                 }
             };
             self.pending_keys.insert(run.key.clone());
-            self.buffer.push(self.config.spec.plan(run, timestamp));
+            if timestamp == planned.timestamp {
+                self.buffer.push(planned);
+            } else {
+                // --stamp-now: the point moves, and so do its point key.
+                self.buffer.push(self.config.spec.plan(planned.run, timestamp));
+            }
         }
         if !too_old.is_empty() {
             let rows: Vec<(&str, i64)> = too_old.iter().map(|(key, at)| (key.as_str(), *at)).collect();
