@@ -158,10 +158,10 @@ pub struct SendArgs {
     #[arg(long, value_name = "DIR", default_value = "log")]
     pub log_dir: PathBuf,
 
-    /// How much the run log says of each request: `full` (every series, every point with epoch
-    /// and ISO 8601 time), `compact` (points as epoch=value), or `requests` (no send or series
-    /// lines: the request lines still name every run key).
-    #[arg(long, value_enum, default_value_t = LogDetail::Full)]
+    /// How much the run log says of each request: `compact` (every series, one line each, points
+    /// as epoch=value), `full` (each point's ISO 8601 time as well), or `requests` (no send or
+    /// series lines: the request lines still name every run key).
+    #[arg(long, value_enum, default_value_t = LogDetail::Compact)]
     pub log_detail: LogDetail,
 
     /// Print the closing summary as JSON on stdout.

@@ -331,6 +331,46 @@ pub struct SeriesSpec {
     pub extra_tags: Vec<String>,
 }
 
+/// Plans runs with a cache of tag sets: runs of one workflow, branch, event, conclusion and
+/// attempt share one `Arc<[String]>`, built and normalised once.
+pub struct Planner {
+    spec: SeriesSpec,
+    cache: HashMap<String, Arc<[String]>>,
+    scratch: String,
+}
+
+/// Tag sets kept at most; the cache starts over beyond (a backfill of many repositories).
+const TAG_CACHE_LIMIT: usize = 65_536;
+
+impl Planner {
+    pub fn new(spec: SeriesSpec) -> Planner {
+        Planner { spec, cache: HashMap::new(), scratch: String::new() }
+    }
+
+    pub fn plan(&mut self, run: Run, timestamp: i64) -> Planned {
+        use std::fmt::Write as _;
+        self.scratch.clear();
+        let _ = write!(
+            self.scratch,
+            "{}\u{1f}{}\u{1f}{}\u{1f}{:?}\u{1f}{}\u{1f}{:?}\u{1f}{}\u{1f}{}",
+            run.owner, run.repo, run.workflow_name, run.workflow_id, run.event, run.branch, run.conclusion, run.attempt
+        );
+        let tags = match self.cache.get(&self.scratch) {
+            Some(tags) => tags.clone(),
+            None => {
+                let tags: Arc<[String]> = self.spec.tags(&run).into();
+                if self.cache.len() >= TAG_CACHE_LIMIT {
+                    self.cache.clear();
+                }
+                self.cache.insert(self.scratch.clone(), tags.clone());
+                tags
+            }
+        };
+        let point_key = point_key(&self.spec.prefix, &tags, timestamp);
+        Planned { run, timestamp, tags, point_key }
+    }
+}
+
 /// A run on its way out: the point timestamp chosen (real or stamped), its tags and its point key.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Planned {
@@ -835,6 +875,18 @@ mod tests {
         assert_eq!(a.len() + b.len(), 4);
         let keys_a: Vec<_> = a.iter().map(|p| p.point_key).collect();
         assert!(b.iter().all(|p| !keys_a.contains(&p.point_key)));
+    }
+
+    #[test]
+    fn the_planner_cache_gives_the_same_plan() {
+        let spec = SeriesSpec { prefix: "p".into(), extra_tags: vec!["x:y".into()] };
+        let mut planner = Planner::new(spec.clone());
+        for fields in [completed(), with(completed(), "branch", s("dev")), completed()] {
+            let Validated::Completed(run) = validate(&raw(&fields), None) else { panic!() };
+            let timestamp = run.completed_at;
+            assert_eq!(planner.plan((*run).clone(), timestamp), spec.plan(*run, timestamp));
+        }
+        assert_eq!(planner.cache.len(), 2);
     }
 
     #[test]

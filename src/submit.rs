@@ -126,6 +126,7 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
         inflight_counts: HashMap::new(),
         deferred: Vec::new(),
         next_request: 1,
+        planner: metrics::Planner::new(config.spec.clone()),
         spec: Arc::new(config.spec.clone()),
         consecutive_failures: 0,
         signals: signals.clone(),
@@ -139,8 +140,7 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
     let default_repo = config.default_repo.clone();
     let mut progress = Progress::new(config);
     let bytes_read = progress.bytes_read.clone();
-    let spec = config.spec.clone();
-    let reader = std::thread::spawn(move || read_all(&inputs, default_repo.as_ref(), &spec, &bytes_read, &sender));
+    let reader = std::thread::spawn(move || read_all(&inputs, default_repo.as_ref(), &bytes_read, &sender));
 
     // Stages 2-6 run as input arrives and requests complete.
     let mut input_done = false;
@@ -283,14 +283,10 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// A record as the reader thread hands it over: a completed run already planned with its real
-/// timestamp (tags and point key computed off the pipeline task), or anything else.
-type Item = Result<Box<Planned>, Validated>;
-
 enum Message {
     /// Records already validated on the reader thread (validation is pure and costs as much
     /// as parsing, so it runs beside the pipeline rather than in it).
-    Records(Vec<Item>),
+    Records(Vec<Validated>),
     InputFailed(InputError),
 }
 
@@ -302,7 +298,6 @@ struct InputError {
 fn read_all(
     inputs: &[Input],
     default_repo: Option<&(String, String)>,
-    spec: &metrics::SeriesSpec,
     bytes_read: &AtomicU64,
     sender: &mpsc::Sender<Message>,
 ) {
@@ -310,14 +305,8 @@ fn read_all(
         let mut chunk = Vec::with_capacity(CHUNK);
         let mut sink = |record: Record| -> SinkResult {
             chunk.push(match record {
-                Record::Run(raw) => match metrics::validate(&raw, default_repo) {
-                    Validated::Completed(run) => {
-                        let timestamp = run.completed_at;
-                        Ok(Box::new(spec.plan(*run, timestamp)))
-                    }
-                    other => Err(other),
-                },
-                Record::Unrecognised { origin, reason } => Err(Validated::Invalid { origin, reason }),
+                Record::Run(raw) => metrics::validate(&raw, default_repo),
+                Record::Unrecognised { origin, reason } => Validated::Invalid { origin, reason },
             });
             if chunk.len() >= CHUNK {
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
@@ -505,6 +494,7 @@ struct Pipeline<'a> {
     /// carrying counts for one point must not race.
     inflight_counts: HashMap<i64, u32>,
     deferred: Vec<Planned>,
+    planner: metrics::Planner,
     /// Number of the next request (numbers of requests split before posting are not reused).
     next_request: u64,
     spec: Arc<metrics::SeriesSpec>,
@@ -520,7 +510,7 @@ struct InFlight {
 
 impl Pipeline<'_> {
     /// Stages 2-4 for one chunk of records: validate, filter against the ledger, plan.
-    fn take(&mut self, records: Vec<Item>) {
+    fn take(&mut self, records: Vec<Validated>) {
         let now_ms = Utc::now().timestamp_millis();
         let now = now_ms.div_euclid(1000);
         // Stage 2: validate each record into a completed run, or count why not.
@@ -529,25 +519,21 @@ impl Pipeline<'_> {
         for record in records {
             self.summary.records += 1;
             match record {
-                Ok(planned) => {
-                    let key = &planned.run.key;
+                Validated::Completed(run) => {
+                    let key = &run.key;
                     if self.pending_keys.contains(key) || !seen_in_chunk.insert(key.clone()) {
                         self.summary.duplicates += 1;
                         self.log.skip("duplicate", key, None);
                     } else {
-                        completed.push(*planned);
+                        completed.push(*run);
                     }
                 }
-                Err(Validated::Completed(run)) => {
-                    let timestamp = run.completed_at;
-                    completed.push(self.config.spec.plan(*run, timestamp));
-                }
-                Err(Validated::NotCompleted { key, status }) => {
+                Validated::NotCompleted { key, status } => {
                     self.summary.not_completed += 1;
                     self.log.skip("not_completed", &key, Some(&format!("status={status}")));
                 }
-                Err(Validated::Invalid { origin, reason }) => self.invalid(&origin, &reason),
-                Err(Validated::Fatal { origin, reason }) => {
+                Validated::Invalid { origin, reason } => self.invalid(&origin, &reason),
+                Validated::Fatal { origin, reason } => {
                     self.summary.invalid += 1;
                     self.log.invalid(&origin, &reason);
                     self.halt = Some(Halt::Input(format!("{origin}: {reason}")));
@@ -560,7 +546,7 @@ impl Pipeline<'_> {
         }
 
         // Stage 3: one ledger query for the chunk: skip what was sent or recorded before.
-        let keys: Vec<&str> = completed.iter().map(|planned| planned.run.key.as_str()).collect();
+        let keys: Vec<&str> = completed.iter().map(|run| run.key.as_str()).collect();
         let states = match self.ledger.states(&keys) {
             Ok(states) => states,
             Err(error) => return self.ledger_failed(&error),
@@ -568,8 +554,7 @@ impl Pipeline<'_> {
         let max_age = i64::try_from(self.config.max_age.as_secs()).unwrap_or(i64::MAX);
         let retry_old = self.config.historical || self.config.stamp_now;
         let mut too_old = Vec::new();
-        for (planned, state) in completed.into_iter().zip(states) {
-            let run = &planned.run;
+        for (run, state) in completed.into_iter().zip(states) {
             match state {
                 KeyState::Sent => {
                     self.summary.already_sent += 1;
@@ -606,12 +591,7 @@ impl Pipeline<'_> {
                 }
             };
             self.pending_keys.insert(run.key.clone());
-            if timestamp == planned.timestamp {
-                self.buffer.push(planned);
-            } else {
-                // --stamp-now: the point moves, and so do its point key.
-                self.buffer.push(self.config.spec.plan(planned.run, timestamp));
-            }
+            self.buffer.push(self.planner.plan(run, timestamp));
         }
         if !too_old.is_empty() {
             let rows: Vec<(&str, i64)> = too_old.iter().map(|(key, at)| (key.as_str(), *at)).collect();

@@ -260,7 +260,7 @@ fn run_log_records_everything_and_never_the_key() {
     let intake = Intake::start();
     let runs = [spec(1), spec(2).in_progress(), spec(3).ago(7200)];
     let file = env.file("runs.json", fixtures::rest_page(&runs, now).to_string());
-    env.send(&intake).arg(&file).args(["--tag", "team:ci"]).run().expect_code(0);
+    env.send(&intake).arg(&file).args(["--tag", "team:ci", "--log-detail", "full"]).run().expect_code(0);
     let logs = env.logs();
     assert_eq!(logs.len(), 1);
     let name = std::fs::read_dir(env.log_dir()).unwrap().next().unwrap().unwrap().file_name();
