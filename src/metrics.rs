@@ -340,7 +340,7 @@ pub struct Planner {
 }
 
 /// Tag sets kept at most; the cache starts over beyond (a backfill of many repositories).
-const TAG_CACHE_LIMIT: usize = 65_536;
+const TAG_CACHE_LIMIT: usize = 8_192;
 
 impl Planner {
     pub fn new(spec: SeriesSpec) -> Planner {
