@@ -39,6 +39,8 @@ fn main() {
     let rest = dir.join(format!("rest-{rest_runs}.json"));
     let cron = dir.join("cron-1000.json");
     generate(&gh, || gh_file(gh_runs));
+    let gh_small = dir.join("gh-100000.json");
+    generate(&gh_small, || gh_file(100_000));
     generate(&rest, || rest_file(rest_runs));
     generate(&cron, cron_file);
     eprintln!("inputs: {} ({} MB), {} ({} MB)", gh.display(), size_mb(&gh), rest.display(), size_mb(&rest));
@@ -74,6 +76,15 @@ fn main() {
     if args.iter().any(|arg| arg == "--first") {
         println!("{}", table[0]);
         return;
+    }
+
+    // The same shape at a tenth of the size, for how memory and time grow with the input.
+    if !quick {
+        let small_ledger = dir.join("ledger-gh-small.db");
+        fresh(&small_ledger);
+        let small = intake.send(&gh_small, &small_ledger, &[]);
+        table.push(Row::new("send 100000 gh rows (fresh ledger)", &small, 100_000, None));
+        fresh(&small_ledger);
     }
 
     let rerun = intake.send(&gh, &ledger, &[]);
