@@ -3,11 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::fixtures::{self, spec};
-use crate::support::{Env, Intake, Reply, API_KEY, BIN};
+use crate::support::{kill, Env, Intake, Reply, API_KEY, BIN};
 
 const TOTAL: &str = "github.actions.workflow_run.total";
 
@@ -60,11 +59,6 @@ fn spawn(env: &Env, intake: &Intake, args: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn")
-}
-
-fn kill(pid: u32, signal: &str) {
-    let status = Command::new("kill").args([signal, &pid.to_string()]).status().expect("kill");
-    assert!(status.success() || signal == "-9");
 }
 
 // 1. Transient failures are retried.
@@ -279,11 +273,7 @@ fn a_crashed_invocation_leaves_nothing_stuck() {
     let (file, branches) = tagged_runs(&env, 20, "runs.ndjson");
     // Killed while its only request is in flight, holding the ledger.
     let child = spawn(&env, &intake, &[&file]);
-    let pid = child.id();
-    intake.hook(Box::new(move |_| {
-        kill(pid, "-9");
-        false
-    }));
+    intake.kill_on_arrival(child.id());
     child.wait_with_output().unwrap();
     intake.clear_hook();
     // The kernel released its lock: the next invocation starts at once and sends everything.
@@ -297,12 +287,7 @@ fn a_live_invocation_holds_the_ledger_until_it_ends() {
     let env = Env::new();
     let intake = Intake::start();
     let (file, _) = tagged_runs(&env, 5, "runs.ndjson");
-    let (sender, receiver) = std::sync::mpsc::channel();
-    let sender = Mutex::new(sender);
-    intake.hook(Box::new(move |number| {
-        let _ = sender.lock().unwrap().send(number);
-        true
-    }));
+    let receiver = intake.arrivals();
     intake.latency(Duration::from_millis(1500));
     let first = spawn(&env, &intake, &[&file]);
     // Its request is at the intake: it holds the ledger now.
@@ -324,12 +309,7 @@ fn sigterm_lets_the_request_in_flight_finish_and_exits_143() {
     let env = Env::new();
     let intake = Intake::start();
     let (file, _) = tagged_runs(&env, 30, "runs.ndjson");
-    let (sender, receiver) = std::sync::mpsc::channel();
-    let sender = Mutex::new(sender);
-    intake.hook(Box::new(move |number| {
-        let _ = sender.lock().unwrap().send(number);
-        true
-    }));
+    let receiver = intake.arrivals();
     intake.latency(Duration::from_millis(300));
     let child = spawn(&env, &intake, &[&file, "--batch-size", "10", "--concurrency", "1"]);
     // The first request has reached the intake (which answers after its latency): signal now.
@@ -349,12 +329,7 @@ fn second_sigint_exits_at_once() {
     let env = Env::new();
     let intake = Intake::start();
     let (file, _) = tagged_runs(&env, 5, "runs.ndjson");
-    let (sender, receiver) = std::sync::mpsc::channel();
-    let sender = Arc::new(Mutex::new(sender));
-    intake.hook(Box::new(move |number| {
-        let _ = sender.lock().unwrap().send(number);
-        true
-    }));
+    let receiver = intake.arrivals();
     // The intake would hold the request for a minute; the grace period is longer still.
     intake.latency(Duration::from_secs(60));
     let mut child = spawn(&env, &intake, &[&file, "--shutdown-grace", "300"]);
@@ -385,11 +360,7 @@ fn at_most_once_marks_before_sending_and_never_duplicates() {
     let (file, _) = tagged_runs(&env, 10, "runs.ndjson");
     // Killed while its request is in flight, not accepted: the runs are marked, so lost.
     let child = spawn(&env, &intake, &[&file, "--at-most-once"]);
-    let pid = child.id();
-    intake.hook(Box::new(move |_| {
-        kill(pid, "-9");
-        false
-    }));
+    intake.kill_on_arrival(child.id());
     child.wait_with_output().unwrap();
     intake.clear_hook();
     assert_eq!(env.sent_keys().len(), 10);

@@ -141,6 +141,25 @@ impl Intake {
         self.inner.lock().unwrap().hook = Some(Arc::new(hook));
     }
 
+    /// Reports the number of each valid request as it arrives, before it is answered.
+    pub fn arrivals(&self) -> std::sync::mpsc::Receiver<usize> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let sender = Mutex::new(sender);
+        self.hook(Box::new(move |number| {
+            let _ = sender.lock().unwrap().send(number);
+            true
+        }));
+        receiver
+    }
+
+    /// SIGKILLs `pid` when a request arrives, and never accepts that request.
+    pub fn kill_on_arrival(&self, pid: u32) {
+        self.hook(Box::new(move |_| {
+            super::kill(pid, "-9");
+            false
+        }));
+    }
+
     pub fn clear_script(&self) {
         self.inner.lock().unwrap().script.clear();
     }

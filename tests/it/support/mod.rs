@@ -182,6 +182,12 @@ impl Output {
     }
 }
 
+/// Sends `signal` (`-9`, `-TERM`, `-INT`) to `pid` with kill(1).
+pub fn kill(pid: u32, signal: &str) {
+    let status = Command::new("kill").args([signal, &pid.to_string()]).status().expect("kill");
+    assert!(status.success() || signal == "-9");
+}
+
 /// `../shared/github/examples` of the workspace, when it is there (as in CI).
 pub fn shared_examples() -> Option<PathBuf> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/github/examples");
