@@ -546,6 +546,18 @@ mod tests {
     }
 
     #[test]
+    fn marks_many_rows_and_ignores_repeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(&dir.path().join("ledger.db"), Duration::ZERO).unwrap();
+        let keys: Vec<String> = (0..601).map(|i| format!("o/r:{i}:1")).collect();
+        let runs: Vec<SentRun<'_>> = keys.iter().map(|key| sent(key, 7)).collect();
+        ledger.mark_sent(&runs[..300], 0).unwrap();
+        ledger.mark_sent(&runs, 0).unwrap();
+        assert_eq!(ledger.counts().unwrap(), (601, 0));
+        assert_eq!(ledger.sent_counts(&[(100, 7)]).unwrap(), HashMap::from([(7, 601)]));
+    }
+
+    #[test]
     fn reopening_keeps_rows_and_version() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.db");
