@@ -194,10 +194,6 @@ impl Ledger {
         Ok(ledger)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// What the ledger knows of each key, in the order given: one query for the whole batch.
     ///
     /// # Errors
@@ -337,10 +333,6 @@ impl Ledger {
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .map_err(|source| self.query_error("counting rows", source))
-    }
-
-    pub fn is_dry_run(&self) -> bool {
-        self.dry_run
     }
 
     fn query_error(&self, action: &'static str, source: rusqlite::Error) -> LedgerError {
