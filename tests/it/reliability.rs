@@ -36,6 +36,11 @@ fn accepted_branches(intake: &Intake) -> BTreeMap<String, usize> {
     seen
 }
 
+/// The branch tags of the runs the intake accepted, each once.
+fn accepted_set(intake: &Intake) -> BTreeSet<String> {
+    accepted_branches(intake).into_keys().collect()
+}
+
 fn integrity_ok(env: &Env) {
     let connection = rusqlite::Connection::open(env.ledger()).unwrap();
     let result: String = connection.query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
@@ -77,7 +82,7 @@ fn transient_failures_are_retried_until_accepted() {
     let out = env.send(&intake).arg(&file).arg("--output").arg("json").run();
     out.expect_code(0);
     assert_eq!(out.json()["retries"], 5);
-    assert_eq!(accepted_branches(&intake).keys().cloned().collect::<BTreeSet<_>>(), branches);
+    assert_eq!(accepted_set(&intake), branches);
     assert!(env.logs()[0].contains("status=202 attempts=6"), "{}", env.logs()[0]);
 }
 
@@ -140,7 +145,7 @@ fn payload_too_large_is_split_and_sent() {
     let (file, branches) = tagged_runs(&env, 8, "runs.ndjson");
     intake.script([Reply::status(413), Reply::status(413)]);
     env.send(&intake).arg(&file).args(["--concurrency", "1"]).run().expect_code(0);
-    assert_eq!(accepted_branches(&intake).keys().cloned().collect::<BTreeSet<_>>(), branches);
+    assert_eq!(accepted_set(&intake), branches);
     let statuses: Vec<u16> = intake.requests().iter().map(|r| r.status).collect();
     assert_eq!(statuses, [413, 413, 202, 202, 202]);
 }
@@ -195,7 +200,7 @@ fn circuit_breaker_stops_after_consecutive_failures() {
     assert!(env.sent_keys().is_empty());
     intake.clear_script();
     env.send(&intake).arg(&file).run().expect_code(0);
-    assert_eq!(accepted_branches(&intake).keys().cloned().collect::<BTreeSet<_>>(), branches);
+    assert_eq!(accepted_set(&intake), branches);
 }
 
 // 6. Crash safety: kill -9 at many moments, then run to completion.
@@ -278,7 +283,7 @@ fn a_crashed_invocation_leaves_nothing_stuck() {
     intake.clear_hook();
     // The kernel released its lock: the next invocation starts at once and sends everything.
     env.send(&intake).arg(&file).args(["--lock-timeout", "0"]).run().expect_code(0);
-    assert_eq!(accepted_branches(&intake).keys().cloned().collect::<BTreeSet<_>>(), branches);
+    assert_eq!(accepted_set(&intake), branches);
     integrity_ok(&env);
 }
 
