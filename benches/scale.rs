@@ -553,22 +553,35 @@ async fn series(
     headers: HeaderMap,
     body: Bytes,
 ) -> (axum::http::StatusCode, &'static str) {
-    let mut raw = Vec::new();
-    match headers.get("content-encoding").and_then(|v| v.to_str().ok()) {
-        Some("zstd1") => {
-            zstd::stream::read::Decoder::new(&body[..]).unwrap().read_to_end(&mut raw).unwrap();
-        }
-        Some("gzip") => {
-            flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut raw).unwrap();
-        }
-        Some("deflate") => {
-            flate2::read::ZlibDecoder::new(&body[..]).read_to_end(&mut raw).unwrap();
-        }
-        _ => raw.extend_from_slice(&body),
+    // A stand-in, not the system under test: it checks the encoding and Datadog's two size limits
+    // on every body, decoding into a reused buffer, and parses one body in eight as JSON, so its
+    // own CPU (on the same two cores) stays small beside the binary's.
+    thread_local! {
+        static RAW: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(5_242_880 + 1));
     }
-    assert!(body.len() <= 512_000 && raw.len() <= 5_242_880, "over Datadog's limits");
-    serde_json::from_slice::<serde::de::IgnoredAny>(&raw).expect("valid JSON");
-    state.requests.fetch_add(1, Ordering::SeqCst);
+    assert!(body.len() <= 512_000, "over Datadog's compressed limit");
+    let number = state.requests.fetch_add(1, Ordering::SeqCst);
+    RAW.with_borrow_mut(|raw| {
+        raw.clear();
+        match headers.get("content-encoding").and_then(|v| v.to_str().ok()) {
+            Some("zstd1") => {
+                let mut decoder = zstd::bulk::Decompressor::new().unwrap();
+                decoder.decompress_to_buffer(&body[..], raw).expect("zstd body within 5,242,880 bytes");
+            }
+            Some("gzip") => {
+                flate2::read::GzDecoder::new(&body[..]).take(5_242_881).read_to_end(raw).unwrap();
+            }
+            Some("deflate") => {
+                flate2::read::ZlibDecoder::new(&body[..]).take(5_242_881).read_to_end(raw).unwrap();
+            }
+            _ => raw.extend_from_slice(&body),
+        }
+        assert!(raw.len() <= 5_242_880, "over Datadog's decompressed limit");
+        assert!(raw.starts_with(b"{\"series\":[") && raw.ends_with(b"]}"), "a series body");
+        if number % 8 == 0 {
+            serde_json::from_slice::<serde::de::IgnoredAny>(raw).expect("valid JSON");
+        }
+    });
     state.bytes.fetch_add(body.len() as u64, Ordering::SeqCst);
     let latency = state.latency_ms.load(Ordering::SeqCst);
     if latency > 0 {

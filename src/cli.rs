@@ -158,9 +158,10 @@ pub struct SendArgs {
     #[arg(long, value_name = "DIR", default_value = "log")]
     pub log_dir: PathBuf,
 
-    /// How much the run log says of each request: `compact` (every series, one line each, points
-    /// as epoch=value), `full` (each point's ISO 8601 time as well), or `requests` (no send or
-    /// series lines: the request lines still name every run key).
+    /// How much the run log says of each request: `compact` (one line per tag set with all its
+    /// series, points as epoch=value), `full` (one line per series, each point's ISO 8601 time as
+    /// well), or `requests` (no send/points/series lines: the request lines still name every
+    /// run key).
     #[arg(long, value_enum, default_value_t = LogDetail::Compact)]
     pub log_detail: LogDetail,
 

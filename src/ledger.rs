@@ -230,17 +230,19 @@ impl Ledger {
             let transaction = self.connection.unchecked_transaction()?;
             let mut statement = transaction
                 .prepare_cached("SELECT COUNT(*) FROM temp.all_sent WHERE completed_at = ?1 AND point_key = ?2")?;
+            let mut seen = foldhash::HashSet::default();
             let mut counts = HashMap::new();
             for (timestamp, point_key) in points {
-                if counts.contains_key(point_key) {
+                if !seen.insert(*point_key) {
                     continue;
                 }
                 let count: u32 = statement.query_row([timestamp, point_key], |row| row.get(0))?;
-                counts.insert(*point_key, count);
+                if count > 0 {
+                    counts.insert(*point_key, count);
+                }
             }
             drop(statement);
             transaction.commit()?;
-            counts.retain(|_, count| *count > 0);
             Ok(counts)
         };
         query().map_err(|source| self.query_error("counting sent points", source))

@@ -11,7 +11,6 @@
 //! - the point timestamp is the completion time (`updated_at`), so a resent run yields identical
 //!   points.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::DateTime;
@@ -332,10 +331,10 @@ pub struct SeriesSpec {
 }
 
 /// Plans runs with a cache of tag sets: runs of one workflow, branch, event, conclusion and
-/// attempt share one `Arc<[String]>`, built and normalised once.
+/// attempt share one `Arc<[String]>`, built and normalised once, and its hash.
 pub struct Planner {
     spec: SeriesSpec,
-    cache: HashMap<String, Arc<[String]>>,
+    cache: foldhash::HashMap<String, (Arc<[String]>, TagSetHash)>,
     scratch: String,
 }
 
@@ -344,30 +343,44 @@ const TAG_CACHE_LIMIT: usize = 8_192;
 
 impl Planner {
     pub fn new(spec: SeriesSpec) -> Planner {
-        Planner { spec, cache: HashMap::new(), scratch: String::new() }
+        Planner { spec, cache: foldhash::HashMap::default(), scratch: String::new() }
     }
 
     pub fn plan(&mut self, run: Run, timestamp: i64) -> Planned {
-        use std::fmt::Write as _;
-        self.scratch.clear();
-        let _ = write!(
-            self.scratch,
-            "{}\u{1f}{}\u{1f}{}\u{1f}{:?}\u{1f}{}\u{1f}{:?}\u{1f}{}\u{1f}{}",
-            run.owner, run.repo, run.workflow_name, run.workflow_id, run.event, run.branch, run.conclusion, run.attempt
-        );
-        let tags = match self.cache.get(&self.scratch) {
-            Some(tags) => tags.clone(),
+        // The cache key: every field the tags are made of, apart.
+        let scratch = &mut self.scratch;
+        scratch.clear();
+        for field in [&run.owner, &run.repo, &run.workflow_name, &run.event, &run.conclusion] {
+            scratch.push_str(field);
+            scratch.push('\u{1f}');
+        }
+        match &run.branch {
+            Some(branch) => {
+                scratch.push('b');
+                scratch.push_str(branch);
+            }
+            None => scratch.push('-'),
+        }
+        scratch.push('\u{1f}');
+        match run.workflow_id {
+            Some(id) => scratch.push_str(itoa::Buffer::new().format(id)),
+            None => scratch.push('-'),
+        }
+        scratch.push('\u{1f}');
+        scratch.push_str(itoa::Buffer::new().format(run.attempt));
+        let (tags, hash) = match self.cache.get(scratch.as_str()) {
+            Some((tags, hash)) => (tags.clone(), *hash),
             None => {
                 let tags: Arc<[String]> = self.spec.tags(&run).into();
+                let hash = TagSetHash::new(&self.spec.prefix, &tags);
                 if self.cache.len() >= TAG_CACHE_LIMIT {
                     self.cache.clear();
                 }
-                self.cache.insert(self.scratch.clone(), tags.clone());
-                tags
+                self.cache.insert(scratch.clone(), (tags.clone(), hash));
+                (tags, hash)
             }
         };
-        let point_key = point_key(&self.spec.prefix, &tags, timestamp);
-        Planned { run, timestamp, tags, point_key }
+        Planned { run, timestamp, tags, tag_hash: hash.0, point_key: hash.at(timestamp) }
     }
 }
 
@@ -377,6 +390,8 @@ pub struct Planned {
     pub run: Run,
     pub timestamp: i64,
     pub tags: Arc<[String]>,
+    /// FNV-1a of the prefix and tags: equal tag sets have equal hashes (groups runs into series).
+    pub tag_hash: u64,
     /// Identity of the run's count points (prefix, tags, timestamp): runs sharing it are summed.
     pub point_key: i64,
 }
@@ -384,8 +399,8 @@ pub struct Planned {
 impl SeriesSpec {
     pub fn plan(&self, run: Run, timestamp: i64) -> Planned {
         let tags: Arc<[String]> = self.tags(&run).into();
-        let point_key = point_key(&self.prefix, &tags, timestamp);
-        Planned { run, timestamp, tags, point_key }
+        let hash = TagSetHash::new(&self.prefix, &tags);
+        Planned { run, timestamp, tags, tag_hash: hash.0, point_key: hash.at(timestamp) }
     }
 
     fn tags(&self, run: &Run) -> Vec<String> {
@@ -423,10 +438,11 @@ impl SeriesSpec {
             conclusion: &'r str,
             points: Vec<Point>,
         }
-        let mut index: HashMap<&[String], usize> = HashMap::new();
+        let mut index: foldhash::HashMap<TagSetKey<'_>, usize> = foldhash::HashMap::default();
         let mut groups: Vec<Group<'_>> = Vec::new();
         for planned in runs {
-            let slot = *index.entry(&planned.tags[..]).or_insert_with(|| {
+            let key = TagSetKey { hash: planned.tag_hash, tags: &planned.tags };
+            let slot = *index.entry(key).or_insert_with(|| {
                 groups.push(Group { tags: &planned.tags, conclusion: &planned.run.conclusion, points: Vec::new() });
                 groups.len() - 1
             });
@@ -451,7 +467,7 @@ impl SeriesSpec {
         let total: Arc<str> = format!("{prefix}.workflow_run.total").into();
         let duration: Arc<str> = format!("{prefix}.workflow_run.duration_second").into();
         let queued_name: Arc<str> = format!("{prefix}.workflow_run.queued_duration_second").into();
-        let mut by_conclusion: HashMap<&str, Arc<str>> = HashMap::new();
+        let mut by_conclusion: foldhash::HashMap<&str, Arc<str>> = foldhash::HashMap::default();
         let mut series = Vec::with_capacity(groups.len() * 4);
         for mut group in groups {
             group.points.sort_by_key(|point| point.timestamp);
@@ -582,27 +598,65 @@ fn metric_segment(text: &str) -> String {
         .collect()
 }
 
+/// A tag set in a hash map, by the hash it carries; equal by content (identity first).
+struct TagSetKey<'r> {
+    hash: u64,
+    tags: &'r Arc<[String]>,
+}
+
+impl std::hash::Hash for TagSetKey<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialEq for TagSetKey<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && (Arc::ptr_eq(self.tags, other.tags) || self.tags == other.tags)
+    }
+}
+
+impl Eq for TagSetKey<'_> {}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
+
+/// The FNV-1a state after the prefix and the tags of a point key: the part runs of one tag set
+/// share, computed once per tag set.
+#[derive(Clone, Copy, Debug)]
+struct TagSetHash(u64);
+
+impl TagSetHash {
+    fn new(prefix: &str, tags: &[String]) -> TagSetHash {
+        let mut hash = TagSetHash(FNV_OFFSET);
+        hash.feed(prefix.as_bytes());
+        for tag in tags {
+            hash.feed(tag.as_bytes());
+        }
+        hash
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(FNV_PRIME);
+        }
+        // A separator that cannot occur in UTF-8 text keeps ("ab","c") apart from ("a","bc").
+        self.0 ^= 0xff;
+        self.0 = self.0.wrapping_mul(FNV_PRIME);
+    }
+
+    /// The point key at `timestamp`.
+    fn at(mut self, timestamp: i64) -> i64 {
+        self.feed(&timestamp.to_le_bytes());
+        i64::from_ne_bytes(self.0.to_ne_bytes())
+    }
+}
+
 /// A stable 64-bit FNV-1a hash of the prefix, tags and timestamp. Stored in the ledger, so it must
 /// never change between versions (std's hasher may).
 pub fn point_key(prefix: &str, tags: &[String], timestamp: i64) -> i64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0100_0000_01b3;
-    let mut hash = OFFSET;
-    let mut feed = |bytes: &[u8]| {
-        for byte in bytes {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(PRIME);
-        }
-        // A separator that cannot occur in UTF-8 text keeps ("ab","c") apart from ("a","bc").
-        hash ^= 0xff;
-        hash = hash.wrapping_mul(PRIME);
-    };
-    feed(prefix.as_bytes());
-    for tag in tags {
-        feed(tag.as_bytes());
-    }
-    feed(&timestamp.to_le_bytes());
-    i64::from_ne_bytes(hash.to_ne_bytes())
+    TagSetHash::new(prefix, tags).at(timestamp)
 }
 
 /// Where a completed run stands against Datadog's intake window at `now`.

@@ -18,7 +18,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use crate::metrics::Series;
 
 /// The format version written on the first line.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunLogError {
@@ -123,7 +123,8 @@ impl RunLog {
         });
     }
 
-    /// Lines formatted elsewhere (by [`format_send`] and [`format_series`], in request tasks).
+    /// Lines formatted elsewhere (by [`format_send`], [`format_points`] and [`format_series`], in
+    /// request tasks).
     pub fn block(&mut self, text: &str) {
         if self.error.is_some() || text.is_empty() {
             return;
@@ -200,7 +201,7 @@ pub fn format_send(out: &mut String, key: &str, timestamp: i64, stamped: bool) {
 
 /// `series request=<n> metric=<m> type=<t> unit=<u|-> points=<epoch>/<iso>=<value>,... tags=<t,...>`,
 /// with its newline.
-pub fn format_series(out: &mut String, request: u64, series: &Series, with_iso: bool) {
+pub fn format_series(out: &mut String, request: u64, series: &Series) {
     let _ = write!(
         out,
         "series request={request} metric={} type={} unit={} points=",
@@ -212,26 +213,57 @@ pub fn format_series(out: &mut String, request: u64, series: &Series, with_iso: 
         if index > 0 {
             out.push(',');
         }
-        let _ = write!(out, "{timestamp}");
-        if with_iso {
-            out.push('/');
-            match DateTime::from_timestamp(*timestamp, 0) {
-                Some(time) => {
-                    let _ = write!(out, "{}", time.format("%Y-%m-%dT%H:%M:%SZ"));
-                }
-                None => out.push('-'),
+        let _ = write!(out, "{timestamp}/");
+        match DateTime::from_timestamp(*timestamp, 0) {
+            Some(time) => {
+                let _ = write!(out, "{}", time.format("%Y-%m-%dT%H:%M:%SZ"));
             }
+            None => out.push('-'),
         }
         let _ = write!(out, "={value}");
     }
+    end_with_tags(out, &series.tags);
+}
+
+/// The compact form: one line per tag set, carrying all its series,
+/// `points request=<n> <metric>=<epoch>=<value>,... ... tags=<t,...>`, with its newline. Metric
+/// names are given without `strip` (`<prefix>.workflow_run.`), which the header's options name.
+/// `series` must share one tag set (as [`crate::metrics::SeriesSpec::series`] lays them out).
+pub fn format_points(out: &mut String, request: u64, series: &[Series], strip: &str) {
+    let Some(first) = series.first() else { return };
+    let _ = write!(out, "points request={request}");
+    for one in series {
+        out.push(' ');
+        out.push_str(one.metric.strip_prefix(strip).unwrap_or(&one.metric));
+        for (index, (timestamp, value)) in one.points.iter().enumerate() {
+            out.push(if index == 0 { '=' } else { ',' });
+            let _ = write!(out, "{timestamp}={value}");
+        }
+    }
+    end_with_tags(out, &first.tags);
+}
+
+/// ` tags=<t,...>` and the newline.
+fn end_with_tags(out: &mut String, tags: &[String]) {
     out.push_str(" tags=");
-    for (index, tag) in series.tags.iter().enumerate() {
+    for (index, tag) in tags.iter().enumerate() {
         if index > 0 {
             out.push(',');
         }
         out.push_str(tag);
     }
     out.push('\n');
+}
+
+/// Calls `each` with every stretch of consecutive series that share one tag set.
+pub fn by_tag_set<'s>(series: &'s [Series], mut each: impl FnMut(&'s [Series])) {
+    let mut start = 0;
+    for index in 1..=series.len() {
+        if index == series.len() || !std::sync::Arc::ptr_eq(&series[index].tags, &series[start].tags) {
+            each(&series[start..index]);
+            start = index;
+        }
+    }
 }
 
 /// One request as the log records it.

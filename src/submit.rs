@@ -10,7 +10,9 @@
 //! - input is read on its own thread into bounded chunks, and at most `--concurrency` requests
 //!   are in flight, so memory does not grow with the input.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
+
+use foldhash::{HashMap as FastMap, HashSet as FastSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -119,11 +121,11 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
         log,
         summary: Summary { dry_run: config.dry_run, ..Summary::default() },
         buffer: Vec::new(),
-        pending_keys: HashSet::new(),
+        pending_keys: FastSet::default(),
         split_queue: VecDeque::new(),
         inflight: JoinSet::new(),
         inflight_runs: HashMap::new(),
-        inflight_counts: HashMap::new(),
+        inflight_counts: FastMap::default(),
         deferred: Vec::new(),
         next_request: 1,
         planner: metrics::Planner::new(config.spec.clone()),
@@ -386,7 +388,7 @@ struct Job {
     number: u64,
     runs: Arc<Vec<Planned>>,
     /// Runs already sent or in flight per point key of this request.
-    before: HashMap<i64, u32>,
+    before: FastMap<i64, u32>,
     spec: Arc<metrics::SeriesSpec>,
     compression: Compression,
     policy: RetryPolicy,
@@ -420,8 +422,13 @@ impl Job {
                 let stamped = planned.timestamp != planned.run.completed_at;
                 runlog::format_send(&mut delivery.log, &planned.run.key, planned.timestamp, stamped);
             }
-            for one in &series {
-                runlog::format_series(&mut delivery.log, number, one, self.log_detail == LogDetail::Full);
+            if self.log_detail == LogDetail::Full {
+                for one in &series {
+                    runlog::format_series(&mut delivery.log, number, one);
+                }
+            } else {
+                let strip = format!("{}.workflow_run.", self.spec.prefix);
+                runlog::by_tag_set(&series, |group| runlog::format_points(&mut delivery.log, number, group, &strip));
             }
         }
         drop(series);
@@ -483,7 +490,7 @@ struct Pipeline<'a> {
     /// Planned runs not yet in a request.
     buffer: Vec<Planned>,
     /// Keys in `buffer` or in flight: a run read twice is sent once.
-    pending_keys: HashSet<String>,
+    pending_keys: FastSet<String>,
     /// Halves of requests Datadog found too large (413) or bad (400), to send again.
     split_queue: VecDeque<Vec<Planned>>,
     inflight: JoinSet<Delivery>,
@@ -492,7 +499,7 @@ struct Pipeline<'a> {
     /// Runs per point key in flight. A run whose point key is in flight waits in `deferred`
     /// until that request has landed: Datadog keeps the last value written, so two requests
     /// carrying counts for one point must not race.
-    inflight_counts: HashMap<i64, u32>,
+    inflight_counts: FastMap<i64, u32>,
     deferred: Vec<Planned>,
     planner: metrics::Planner,
     /// Number of the next request (numbers of requests split before posting are not reused).
@@ -515,15 +522,13 @@ impl Pipeline<'_> {
         let now = now_ms.div_euclid(1000);
         // Stage 2: validate each record into a completed run, or count why not.
         let mut completed = Vec::with_capacity(records.len());
-        let mut seen_in_chunk = HashSet::new();
         for record in records {
             self.summary.records += 1;
             match record {
                 Validated::Completed(run) => {
-                    let key = &run.key;
-                    if self.pending_keys.contains(key) || !seen_in_chunk.insert(key.clone()) {
+                    if self.pending_keys.contains(&run.key) {
                         self.summary.duplicates += 1;
-                        self.log.skip("duplicate", key, None);
+                        self.log.skip("duplicate", &run.key, None);
                     } else {
                         completed.push(*run);
                     }
@@ -540,6 +545,22 @@ impl Pipeline<'_> {
                     return;
                 }
             }
+        }
+        // The same run twice in one chunk: the first stays.
+        let first: Vec<bool> = {
+            let mut seen = FastSet::with_capacity_and_hasher(completed.len(), Default::default());
+            completed.iter().map(|run| seen.insert(run.key.as_str())).collect()
+        };
+        if first.contains(&false) {
+            let mut first = first.into_iter();
+            completed.retain(|run| {
+                let keep = first.next().unwrap_or(true);
+                if !keep {
+                    self.summary.duplicates += 1;
+                    self.log.skip("duplicate", &run.key, None);
+                }
+                keep
+            });
         }
         if completed.is_empty() {
             return;
@@ -634,7 +655,7 @@ impl Pipeline<'_> {
             Ok(counts) => counts,
             Err(error) => return self.abandon(runs, &error),
         };
-        let mut before = HashMap::with_capacity(points.len());
+        let mut before = FastMap::with_capacity_and_hasher(points.len(), Default::default());
         for (_, point_key) in points {
             let count = sent_before.get(&point_key).copied().unwrap_or(0)
                 + self.inflight_counts.get(&point_key).copied().unwrap_or(0);

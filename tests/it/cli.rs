@@ -164,16 +164,3 @@ fn without_a_terminal_stderr_is_only_the_closing_summary() {
     assert_eq!(lines.len(), 1, "{}", out.stderr);
     assert!(lines[0].starts_with("workflow-metrics: sent 3000 run(s)"), "{}", out.stderr);
 }
-
-#[test]
-fn the_default_compact_log_leaves_out_iso_times() {
-    let now = fixtures::now();
-    let env = Env::new();
-    let intake = Intake::start();
-    let run = spec(1);
-    let file = env.file("runs.json", fixtures::rest_run(&run, now).to_string());
-    // Compact is the default.
-    env.send(&intake).arg(&file).run().expect_code(0);
-    let expected = format!("points={}=1 tags=", run.completed_at(now));
-    assert!(env.logs()[0].contains(&expected), "{}", env.logs()[0]);
-}

@@ -272,7 +272,7 @@ fn run_log_records_everything_and_never_the_key() {
     let completed = runs[0].completed_at(now);
     let iso = chrono::DateTime::from_timestamp(completed, 0).unwrap().format("%Y-%m-%dT%H:%M:%SZ").to_string();
     for expected in [
-        "workflow-metrics run log, format 1".to_owned(),
+        "workflow-metrics run log, format 2".to_owned(),
         "mode: LIVE".to_owned(),
         format!("version: {}", env!("CARGO_PKG_VERSION")),
         format!("inputs: {file}"),
@@ -291,4 +291,44 @@ fn run_log_records_everything_and_never_the_key() {
         assert!(log.contains(&expected), "log lacks {expected:?}:\n{log}");
     }
     assert!(!log.contains(API_KEY));
+}
+
+#[test]
+fn compact_run_log_has_one_line_per_tag_set_with_every_point() {
+    let now = fixtures::now();
+    let env = Env::new();
+    let intake = Intake::start();
+    // Runs 1 and 2 share tags and completion second (one summed point); run 3 has its own tags.
+    let runs = [spec(1), spec(2), spec(3).branch("dev").ago(60)];
+    let file = env.file("runs.json", fixtures::rest_page(&runs, now).to_string());
+    env.send(&intake).arg(&file).run().expect_code(0);
+    let log = &env.logs()[0];
+    let lines: Vec<&str> = log.lines().filter(|line| line.starts_with("points ")).collect();
+    let (main, dev) = (runs[0].completed_at(now), runs[2].completed_at(now));
+    let tags = |branch: &str| {
+        format!(
+            "tags=repository_owner:octo-org,repository_name:octo-repo,workflow_name:ci,workflow_id:161335,\
+             event:push,branch:{branch},conclusion:success,run_attempt:1"
+        )
+    };
+    let expected = [
+        format!(
+            "points request=1 total={main}=2 conclusion.success_total={main}=2 duration_second={main}=300 \
+             queued_duration_second={main}=15 {}",
+            tags("main")
+        ),
+        format!(
+            "points request=1 total={dev}=1 conclusion.success_total={dev}=1 duration_second={dev}=300 \
+             queued_duration_second={dev}=15 {}",
+            tags("dev")
+        ),
+    ];
+    let mut lines = lines.into_iter().map(str::to_owned).collect::<Vec<_>>();
+    lines.sort();
+    let mut expected = expected.to_vec();
+    expected.sort();
+    assert_eq!(lines, expected, "{log}");
+    assert!(!log.contains("series request="), "the compact log has no per-series lines:\n{log}");
+    // What the log says is what Datadog was sent.
+    assert_eq!(intake.total(TOTAL), 3.0);
 }
