@@ -1,4 +1,5 @@
-//! The scale benchmark: `cargo bench --bench scale` (add `-- --quick` for a tenth of the sizes).
+//! The scale benchmark: `cargo bench --bench scale` (add `-- --quick` for a tenth of the sizes,
+//! `-- --first` or `-- --latency` for one scenario with the floor).
 //!
 //! Generates its inputs deterministically (seeded, fixed timestamps; sent with --historical),
 //! starts a local intake on 127.0.0.1 that decompresses and parses every body, measures the work
@@ -66,6 +67,19 @@ fn main() {
         }
     };
     fresh(&ledger);
+    if args.iter().any(|arg| arg == "--latency") {
+        // Only the latency scenario (with the floor), for tuning it.
+        intake.latency_ms.store(100, Ordering::SeqCst);
+        let run = intake.send(&gh, &ledger, &[]);
+        let row = Row::new(
+            &format!("send {gh_runs} gh rows, intake +100 ms"),
+            &run,
+            gh_runs,
+            Some(("floor+5s", gh_floor.total() + 5.0)),
+        );
+        println!("{row}");
+        return;
+    }
     let run = intake.send(&gh, &ledger, &[]);
     table.push(Row::new(
         &format!("send {gh_runs} gh rows (fresh ledger)"),

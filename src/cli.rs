@@ -118,7 +118,7 @@ pub struct SendArgs {
     pub batch_size: usize,
 
     /// Requests in flight at once.
-    #[arg(long, value_name = "N", default_value_t = 4)]
+    #[arg(long, value_name = "N", default_value_t = 8)]
     pub concurrency: usize,
 
     /// Attempts per request, the first included (408, 429, 5xx and network errors are retried).

@@ -575,6 +575,17 @@ pub fn normalise_tag(raw: &str) -> String {
 }
 
 fn push_normalised(out: &mut String, text: &str) {
+    if text.is_ascii() {
+        // The usual case, byte by byte: the same result as the general loop below.
+        out.extend(text.bytes().map(|byte| {
+            if byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b':' | b'.' | b'/') {
+                char::from(byte.to_ascii_lowercase())
+            } else {
+                '_'
+            }
+        }));
+        return;
+    }
     for character in text.chars() {
         if character.is_alphanumeric() || matches!(character, '_' | '-' | ':' | '.' | '/') {
             out.extend(character.to_lowercase());
@@ -585,6 +596,10 @@ fn push_normalised(out: &mut String, text: &str) {
 }
 
 fn truncate_tag(mut tag: String) -> String {
+    // At most MAX_TAG_LENGTH bytes means at most as many characters.
+    if tag.len() <= MAX_TAG_LENGTH {
+        return tag;
+    }
     if let Some((index, _)) = tag.char_indices().nth(MAX_TAG_LENGTH) {
         tag.truncate(index);
     }
@@ -866,6 +881,21 @@ mod tests {
         assert_eq!(tag("branch", "Feature/ÄB c#1"), "branch:feature/äb_c_1");
         let long = tag("branch", &"x".repeat(500));
         assert_eq!(long.chars().count(), MAX_TAG_LENGTH);
+        assert_eq!(tag("b", &"é".repeat(300)).chars().count(), MAX_TAG_LENGTH);
+        // The ASCII fast path agrees with the general one on every ASCII character.
+        let ascii: String = (0u8..128).map(char::from).collect();
+        let general: String = ascii
+            .chars()
+            .flat_map(|c| {
+                let keep = c.is_alphanumeric() || matches!(c, '_' | '-' | ':' | '.' | '/');
+                if keep {
+                    c.to_lowercase().collect::<Vec<_>>()
+                } else {
+                    vec!['_']
+                }
+            })
+            .collect();
+        assert_eq!(tag("k", &ascii), format!("k:{general}"));
     }
 
     fn planned(spec: &SeriesSpec, fields: &[(&str, Scalar)]) -> Planned {
