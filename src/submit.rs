@@ -402,21 +402,24 @@ impl Job {
     async fn run(self) -> Delivery {
         let number = self.number;
         let series = self.spec.series(&self.runs, &|point_key| self.before.get(&point_key).copied().unwrap_or(0));
-        let raw = datadog::encode_series(&series);
-        let compressed = if raw.len() <= datadog::MAX_RAW_BYTES { self.compression.compress(&raw).ok() } else { None };
+        let encoded = datadog::encode_compressed(&series, self.compression);
+        let (raw_bytes, compressed_bytes) = match &encoded {
+            Ok(body) => (body.raw_bytes, body.compressed.len()),
+            Err(too_large) => (too_large.raw_bytes, too_large.compressed_bytes),
+        };
         let mut delivery = Delivery {
             number,
             attempts: 0,
             result: Err(Failure::TooLarge),
             cancelled: false,
             log: String::new(),
-            raw_bytes: raw.len(),
-            compressed_bytes: compressed.as_ref().map_or(0, Vec::len),
+            raw_bytes,
+            compressed_bytes,
             series: series.len() as u64,
             points: series.iter().map(|one| one.points.len() as u64).sum(),
         };
-        let Some(body) = compressed.filter(|body| body.len() <= datadog::MAX_COMPRESSED_BYTES) else { return delivery };
-        drop(raw);
+        let Ok(body) = encoded else { return delivery };
+        let body = body.compressed;
         if self.log_detail != LogDetail::Requests {
             for planned in self.runs.iter() {
                 let stamped = planned.timestamp != planned.run.completed_at;
