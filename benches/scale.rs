@@ -445,7 +445,7 @@ fn floor(path: &Path) -> Floor {
     {
         let mut insert = transaction.prepare("INSERT INTO k VALUES (?1)").unwrap();
         for run in &runs {
-            insert.execute([&run.key]).unwrap();
+            insert.execute([run.key()]).unwrap();
         }
     }
     transaction.commit().unwrap();

@@ -423,7 +423,7 @@ impl Job {
         if self.log_detail != LogDetail::Requests {
             for planned in self.runs.iter() {
                 let stamped = planned.timestamp != planned.run.completed_at;
-                runlog::format_send(&mut delivery.log, &planned.run.key, planned.timestamp, stamped);
+                runlog::format_send(&mut delivery.log, planned.run.key(), planned.timestamp, stamped);
             }
             if self.log_detail == LogDetail::Full {
                 for one in &series {
@@ -529,9 +529,9 @@ impl Pipeline<'_> {
             self.summary.records += 1;
             match record {
                 Validated::Completed(run) => {
-                    if self.pending_keys.contains(&run.key) {
+                    if self.pending_keys.contains(run.key()) {
                         self.summary.duplicates += 1;
-                        self.log.skip("duplicate", &run.key, None);
+                        self.log.skip("duplicate", run.key(), None);
                     } else {
                         completed.push(*run);
                     }
@@ -552,7 +552,7 @@ impl Pipeline<'_> {
         // The same run twice in one chunk: the first stays.
         let first: Vec<bool> = {
             let mut seen = FastSet::with_capacity_and_hasher(completed.len(), Default::default());
-            completed.iter().map(|run| seen.insert(run.key.as_str())).collect()
+            completed.iter().map(|run| seen.insert(run.key())).collect()
         };
         if first.contains(&false) {
             let mut first = first.into_iter();
@@ -560,7 +560,7 @@ impl Pipeline<'_> {
                 let keep = first.next().unwrap_or(true);
                 if !keep {
                     self.summary.duplicates += 1;
-                    self.log.skip("duplicate", &run.key, None);
+                    self.log.skip("duplicate", run.key(), None);
                 }
                 keep
             });
@@ -570,7 +570,7 @@ impl Pipeline<'_> {
         }
 
         // Stage 3: one ledger query for the chunk: skip what was sent or recorded before.
-        let keys: Vec<&str> = completed.iter().map(|run| run.key.as_str()).collect();
+        let keys: Vec<&str> = completed.iter().map(|run| run.key()).collect();
         let states = match self.ledger.states(&keys) {
             Ok(states) => states,
             Err(error) => return self.ledger_failed(&error),
@@ -582,17 +582,17 @@ impl Pipeline<'_> {
             match state {
                 KeyState::Sent => {
                     self.summary.already_sent += 1;
-                    self.log.skip("already_sent", &run.key, None);
+                    self.log.skip("already_sent", run.key(), None);
                     continue;
                 }
                 KeyState::Dead => {
                     self.summary.dead_before += 1;
-                    self.log.skip("dead_letter", &run.key, None);
+                    self.log.skip("dead_letter", run.key(), None);
                     continue;
                 }
                 KeyState::SkippedTooOld if !retry_old => {
                     self.summary.too_old_before += 1;
-                    self.log.skip("too_old_before", &run.key, None);
+                    self.log.skip("too_old_before", run.key(), None);
                     continue;
                 }
                 KeyState::SkippedTooOld | KeyState::Unknown => {}
@@ -604,17 +604,17 @@ impl Pipeline<'_> {
                 Age::TooOld if self.config.stamp_now => now,
                 Age::TooOld => {
                     self.summary.too_old += 1;
-                    self.log.skip("too_old", &run.key, Some(&format!("completed_at={}", run.completed_at)));
-                    too_old.push((run.key.clone(), run.completed_at));
+                    self.log.skip("too_old", run.key(), Some(&format!("completed_at={}", run.completed_at)));
+                    too_old.push((run.key().to_owned(), run.completed_at));
                     continue;
                 }
                 Age::Future => {
                     let reason = format!("completed_at {} is more than 10 minutes in the future", run.completed_at);
-                    self.invalid(&run.key, &reason);
+                    self.invalid(run.key(), &reason);
                     continue;
                 }
             };
-            self.pending_keys.insert(run.key.clone());
+            self.pending_keys.insert(run.key().to_owned());
             self.buffer.push(self.planner.plan(run, timestamp));
         }
         if !too_old.is_empty() {
@@ -734,7 +734,7 @@ impl Pipeline<'_> {
         self.summary.requests += 1;
         self.summary.retries += u64::from(delivery.attempts.saturating_sub(1));
         self.log.block(&delivery.log);
-        let keys: Vec<&str> = runs.iter().map(|planned| planned.run.key.as_str()).collect();
+        let keys: Vec<&str> = runs.iter().map(|planned| planned.run.key()).collect();
         let status_text = match &error {
             Some(error) => error.status().map_or_else(|| "error".to_owned(), |status| status.to_string()),
             None if self.config.dry_run => "dry-run".to_owned(),
@@ -780,7 +780,7 @@ impl Pipeline<'_> {
             self.summary.sent += count;
         }
         for planned in &runs {
-            self.pending_keys.remove(&planned.run.key);
+            self.pending_keys.remove(planned.run.key());
         }
     }
 
@@ -788,7 +788,7 @@ impl Pipeline<'_> {
         let sent: Vec<SentRun<'_>> = runs
             .iter()
             .map(|planned| SentRun {
-                run_key: &planned.run.key,
+                run_key: planned.run.key(),
                 point_key: planned.point_key,
                 completed_at: planned.timestamp,
             })
@@ -829,7 +829,7 @@ impl Pipeline<'_> {
     /// invocation sends them.
     fn let_go(&mut self, runs: &[Planned]) {
         for planned in runs {
-            self.pending_keys.remove(&planned.run.key);
+            self.pending_keys.remove(planned.run.key());
         }
         if self.config.at_most_once && !self.config.dry_run {
             self.unmark(runs);
@@ -837,7 +837,7 @@ impl Pipeline<'_> {
     }
 
     fn unmark(&mut self, runs: &[Planned]) {
-        let keys: Vec<&str> = runs.iter().map(|planned| planned.run.key.as_str()).collect();
+        let keys: Vec<&str> = runs.iter().map(|planned| planned.run.key()).collect();
         if let Err(error) = self.ledger.unmark(&keys) {
             tracing::error!(error = %crate::error_chain(&error), "could not unmark runs whose request failed (--at-most-once): they are lost");
         }
@@ -852,15 +852,15 @@ impl Pipeline<'_> {
             Err(runs) => {
                 // One run (or runs summed into one point) that Datadog will never take.
                 let rows: Vec<(&str, i64)> =
-                    runs.iter().map(|planned| (planned.run.key.as_str(), planned.timestamp)).collect();
+                    runs.iter().map(|planned| (planned.run.key(), planned.timestamp)).collect();
                 let result = if self.config.dry_run {
                     Ok(())
                 } else {
                     self.ledger.record_dead(&rows, reason, Utc::now().timestamp_millis())
                 };
                 for planned in &runs {
-                    self.log.skip("dead_letter", &planned.run.key, Some(&format!("reason={reason}")));
-                    self.pending_keys.remove(&planned.run.key);
+                    self.log.skip("dead_letter", planned.run.key(), Some(&format!("reason={reason}")));
+                    self.pending_keys.remove(planned.run.key());
                 }
                 tracing::error!(runs = runs.len(), reason, "runs rejected by Datadog recorded as dead letters");
                 self.summary.dead_letters += runs.len() as u64;

@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let mut sink = |record: Record| {
         if let Record::Run(raw) = record {
             if let Validated::Completed(run) = metrics::validate(&raw, None) {
-                assert!(run.key.contains('/') && run.key.matches(':').count() >= 2, "{}", run.key);
+                assert!(run.key().contains('/') && run.key().matches(':').count() >= 2, "{}", run.key());
                 let spec = metrics::SeriesSpec { prefix: "p".into(), extra_tags: vec![] };
                 let timestamp = run.completed_at;
                 let planned = spec.plan(*run, timestamp);
