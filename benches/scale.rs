@@ -2,9 +2,10 @@
 //! `-- --first` or `-- --latency` for one scenario with the floor).
 //!
 //! Generates its inputs deterministically (seeded, fixed timestamps; sent with --historical),
-//! starts a local intake on 127.0.0.1 that decompresses and parses every body, measures the work
-//! floor in this process, runs the release binary for each scenario and prints one table:
-//! scenario, wall time, runs/s, peak RSS, the floor and the ratio to it.
+//! starts a local intake on 127.0.0.1 that decodes every body and checks Datadog's size limits
+//! (parsing one body in eight as JSON), measures the work floor in this process, runs the release
+//! binary for each scenario and prints one table: scenario, wall time, runs/s, peak RSS, the floor
+//! and the ratio to it.
 
 use std::io::{BufWriter, Read, Write};
 use std::path::Path;
