@@ -201,20 +201,28 @@ impl Ledger {
     pub fn states(&self, keys: &[&str]) -> Result<Vec<KeyState>, LedgerError> {
         let array: Rc<Vec<Value>> = Rc::new(keys.iter().map(|key| Value::Text((*key).to_owned())).collect());
         let query = || -> rusqlite::Result<Vec<KeyState>> {
+            // Only the keys the ledger knows come back (none, in a backfill): the rest are unknown.
             let mut statement = self.connection.prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM temp.all_sent s WHERE s.run_key = k.value),
-                        (SELECT t.reason FROM temp.all_skipped t WHERE t.run_key = k.value LIMIT 1)
-                 FROM rarray(?1) AS k",
+                "SELECT k.rowid, 'sent' FROM rarray(?1) AS k
+                   WHERE EXISTS (SELECT 1 FROM temp.all_sent s WHERE s.run_key = k.value)
+                 UNION ALL
+                 SELECT k.rowid, (SELECT t.reason FROM temp.all_skipped t WHERE t.run_key = k.value LIMIT 1) AS reason
+                   FROM rarray(?1) AS k
+                   WHERE EXISTS (SELECT 1 FROM temp.all_skipped t WHERE t.run_key = k.value)",
             )?;
-            let rows = statement.query_map([array.clone()], |row| {
-                Ok(match (row.get::<_, bool>(0)?, row.get::<_, Option<String>>(1)?.as_deref()) {
-                    (true, _) => KeyState::Sent,
-                    (false, Some("dead")) => KeyState::Dead,
-                    (false, Some(_)) => KeyState::SkippedTooOld,
-                    (false, None) => KeyState::Unknown,
-                })
-            })?;
-            rows.collect()
+            let mut states = vec![KeyState::Unknown; keys.len()];
+            let mut rows = statement.query([array.clone()])?;
+            while let Some(row) = rows.next()? {
+                // rarray rowids count from 1, in the order given.
+                let index = usize::try_from(row.get::<_, i64>(0)? - 1).unwrap_or(usize::MAX);
+                let Some(state) = states.get_mut(index) else { continue };
+                *state = match (*state, row.get_ref(1)?.as_str()?) {
+                    (KeyState::Sent, _) | (_, "sent") => KeyState::Sent,
+                    (_, "dead") => KeyState::Dead,
+                    _ => KeyState::SkippedTooOld,
+                };
+            }
+            Ok(states)
         };
         query().map_err(|source| self.query_error("looking up run keys", source))
     }
@@ -621,6 +629,15 @@ mod tests {
         assert_eq!(ledger.states(&["a", "b"]).unwrap(), [KeyState::Unknown, KeyState::Dead]);
         assert_eq!(ledger.requeue(None).unwrap(), 1);
         assert!(ledger.dead_letters().unwrap().is_empty());
+        // Sent wins over skipped (a dry run's record can hold a key its base has skipped), and
+        // every position of a batch gets its own state.
+        ledger.record_dead(&[("s", 1)], "x", 0).unwrap();
+        ledger.connection.execute("INSERT INTO sent_metrics VALUES ('s', 1, 1, 1)", []).unwrap();
+        ledger.record_too_old(&[("o", 1)], 0).unwrap();
+        assert_eq!(
+            ledger.states(&["x", "s", "o", "b", "s"]).unwrap(),
+            [KeyState::Unknown, KeyState::Sent, KeyState::SkippedTooOld, KeyState::Unknown, KeyState::Sent]
+        );
     }
 
     #[test]
