@@ -11,15 +11,13 @@
 //!   are in flight, so memory does not grow with the input.
 
 use std::collections::{HashMap, VecDeque};
-
-use foldhash::{HashMap as FastMap, HashSet as FastSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use bytes::Bytes;
 use chrono::Utc;
+use foldhash::{HashMap as FastMap, HashSet as FastSet};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
