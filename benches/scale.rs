@@ -1,5 +1,7 @@
 //! The scale benchmark: `cargo bench --bench scale` (add `-- --quick` for a tenth of the sizes,
-//! `-- --first` or `-- --latency` for one scenario with the floor).
+//! `-- --first` or `-- --latency` for one scenario with the floor, `-- --baseline PATH` to run
+//! the fresh send, the rerun and the cron pass with another build of the binary too, alternating
+//! with this one, for a before/after in one run).
 //!
 //! Generates its inputs deterministically (seeded, fixed timestamps; sent with --historical),
 //! starts a local intake on 127.0.0.1 that decodes every body and checks Datadog's size limits
@@ -20,19 +22,24 @@ use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::Router;
 use workflow_metrics::datadog::{self, Compression};
-use workflow_metrics::metrics::{self, SeriesSpec, Validated};
-use workflow_metrics::source::{self, Input, Record};
+use workflow_metrics::metrics::{SentPoint, SeriesSpec};
+use workflow_metrics::model::{validate_run, Validated};
+use workflow_metrics::source::file::{read_input, Record};
+use workflow_metrics::source::Input;
 
 const BIN: &str = env!("CARGO_BIN_EXE_workflow-metrics");
 /// 2025-01-01T00:00:00Z: fixed, so inputs are the same bytes every time.
 const BASE: i64 = 1_735_689_600;
 const DEFAULT_COMPRESSION: Compression = Compression::Zstd;
 
+// A harness, not the product: it reads its own knobs (BENCH_ARGS, BENCH_STDERR).
+#[allow(clippy::disallowed_methods)]
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|arg| arg == "--list") {
         return;
     }
+    let baseline = args.iter().position(|arg| arg == "--baseline").map(|at| args[at + 1].clone());
     let quick = args.iter().any(|arg| arg == "--quick");
     let (gh_runs, rest_runs) = if quick { (100_000, 10_000) } else { (1_000_000, 100_000) };
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
@@ -77,6 +84,10 @@ fn main() {
         let floor = Some(("floor+5s", gh_floor.total() + 5.0));
         Row::new(&format!("send {gh_runs} gh rows, intake +100 ms"), &run, gh_runs, floor)
     };
+    if let Some(baseline) = &baseline {
+        compare(&intake, baseline, &gh, &cron, &ledger, gh_runs, &gh_floor, &fresh);
+        return;
+    }
     if args.iter().any(|arg| arg == "--latency") {
         // Only the latency scenario (with the floor), for tuning it.
         println!("{}", latency_row());
@@ -167,6 +178,51 @@ fn main() {
         "intake bodies: {} requests, {} MB compressed",
         intake.requests.load(Ordering::SeqCst),
         intake.bytes.load(Ordering::SeqCst) / 1_000_000
+    );
+}
+
+/// Before/after: the fresh send, the rerun and the cron pass, alternating the baseline binary and
+/// this one (twice each), beside the floor measured in the same process.
+#[allow(clippy::too_many_arguments)]
+fn compare(
+    intake: &Intake,
+    baseline: &str,
+    gh: &Path,
+    cron: &Path,
+    ledger: &Path,
+    gh_runs: u64,
+    floor: &Floor,
+    fresh: &dyn Fn(&Path),
+) {
+    let mut table = Vec::new();
+    for round in 1..=2 {
+        for (name, binary) in [("baseline", baseline), ("this build", BIN)] {
+            fresh(ledger);
+            let run = intake.send_with(binary, gh, ledger, &[]);
+            let label = format!("{name} #{round}: send {gh_runs} gh rows (fresh ledger)");
+            table.push(Row::new(&label, &run, gh_runs, Some(("floor", floor.total()))));
+            let rerun = intake.send_with(binary, gh, ledger, &[]);
+            let label = format!("{name} #{round}: rerun {gh_runs} (all sent)");
+            table.push(Row::new(&label, &rerun, gh_runs, Some(("parse", floor.parse))));
+            let cron_run = intake.send_with(binary, cron, ledger, &[]);
+            let label = format!("{name} #{round}: cron: 1k runs, 500 new, ledger of {gh_runs}");
+            table.push(Row::new(&label, &cron_run, 1000, None));
+        }
+    }
+    fresh(ledger);
+    println!();
+    println!("| scenario | wall s | runs/s | peak RSS MB | requests | floor s | ratio |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for row in &table {
+        println!("{row}");
+    }
+    println!(
+        "floor: parse {:.2}s + ledger {:.2}s + encode {:.2}s + compress {:.2}s = {:.2}s",
+        floor.parse,
+        floor.ledger,
+        floor.encode,
+        floor.compress,
+        floor.total()
     );
 }
 
@@ -421,13 +477,13 @@ fn floor(path: &Path) -> Floor {
     let mut runs = Vec::new();
     let mut sink = |record: Record| {
         if let Record::Run(raw) = record {
-            if let Validated::Completed(run) = metrics::validate(&raw, None) {
-                runs.push(*run);
+            if let Validated::Completed(item) = validate_run(&raw, None) {
+                runs.push(*item);
             }
         }
         Ok(())
     };
-    source::read_input(&Input::File(path.to_owned()), &mut sink).expect("bench input reads");
+    read_input(&Input::File(path.to_owned()), &mut sink).expect("bench input reads");
     let parse = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
@@ -453,11 +509,11 @@ fn floor(path: &Path) -> Floor {
     let mut gzip_bytes = 0usize;
     let total = runs.len();
     for (index, run) in runs.into_iter().enumerate() {
-        let timestamp = run.completed_at;
+        let timestamp = run.completed_at();
         planned.push(spec.plan(run, timestamp));
         if planned.len() == 2500 || index + 1 == total {
             let started = Instant::now();
-            let body = datadog::encode_series(&spec.series(&planned, &|_| 0));
+            let body = datadog::encode_series(&spec.series(&planned, &|_| SentPoint::default()));
             encode += started.elapsed();
             let started = Instant::now();
             bodies += DEFAULT_COMPRESSION.compress(&body).unwrap().len();
@@ -528,10 +584,15 @@ impl Intake {
     }
 
     fn send(&self, input: &Path, ledger: &Path, extra: &[&str]) -> Outcome {
+        self.send_with(BIN, input, ledger, extra)
+    }
+
+    #[allow(clippy::disallowed_methods)]
+    fn send_with(&self, binary: &str, input: &Path, ledger: &Path, extra: &[&str]) -> Outcome {
         let log_dir = ledger.with_extension("logs");
         let _ = std::fs::remove_dir_all(&log_dir);
         let started = Instant::now();
-        let output = Command::new(BIN)
+        let output = Command::new(binary)
             .args(["send", "--historical", "--output", "json", "--api-url", &self.url])
             .arg("--ledger")
             .arg(ledger)

@@ -5,8 +5,6 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::datadog::Compression;
-
 /// Forward GitHub Actions workflow-run metrics to Datadog, once per run.
 #[derive(Debug, Parser)]
 #[command(name = "workflow-metrics", version, about, long_about = None)]
@@ -27,7 +25,7 @@ pub enum Command {
     Send(SendArgs),
     /// Check the API key against Datadog and open (create, migrate) the ledger.
     Check(CheckArgs),
-    /// Inspect the ledger: list dead letters, requeue them.
+    /// Inspect and repair the ledger: list what it holds, dead letters, requeue them, verify it.
     Ledger(LedgerArgs),
 }
 
@@ -36,19 +34,33 @@ pub struct LedgerArgs {
     #[command(subcommand)]
     pub action: LedgerAction,
 
-    /// The ledger of runs already sent.
+    #[command(flatten)]
+    pub ledger: LedgerLocationArgs,
+}
+
+/// Where the ledger is, and how long to wait for it: `send`, `check` and `ledger` share these.
+#[derive(Debug, Args)]
+pub struct LedgerLocationArgs {
+    /// The ledger of items already sent (SQLite; created with its folder on first use).
     #[arg(long, value_name = "PATH", default_value = "cache/metrics.db", global = true)]
     pub ledger: PathBuf,
 
-    /// Seconds to wait for another invocation that holds the ledger.
+    /// Seconds to wait for another invocation that holds the ledger (one writes at a time).
     #[arg(long, value_name = "SECONDS", default_value_t = 600, global = true)]
     pub lock_timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum LedgerAction {
-    /// List the dead letters: runs Datadog rejected (400), with its error.
+    /// List the dead letters: runs Datadog rejected (400), with its error, one JSON line each.
     Dead,
+    /// List the keys in one state, one per line (reads the ledger without waiting for its lock).
+    List {
+        #[arg(long, value_enum, default_value_t = KeyStateArg::Sent)]
+        state: KeyStateArg,
+    },
+    /// Check the ledger's integrity (reads it without waiting for its lock).
+    Verify,
     /// Free dead letters so the next send sends them again.
     Requeue {
         /// Run keys (owner/repo:run_id:attempt) to requeue.
@@ -110,8 +122,8 @@ pub struct SendArgs {
     pub stamp_now: bool,
 
     /// Body compression.
-    #[arg(long, value_enum, default_value_t = Compression::Zstd)]
-    pub compression: Compression,
+    #[arg(long, value_enum, default_value_t = CompressionArg::Zstd)]
+    pub compression: CompressionArg,
 
     /// Most runs in one request (requests are also cut by Datadog's size limits).
     #[arg(long, value_name = "N", default_value_t = 2000)]
@@ -178,9 +190,8 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args)]
 pub struct CommonArgs {
-    /// The ledger of runs already sent (SQLite; created with its folder on first use).
-    #[arg(long, value_name = "PATH", default_value = "cache/metrics.db")]
-    pub ledger: PathBuf,
+    #[command(flatten)]
+    pub ledger: LedgerLocationArgs,
 
     /// Datadog site.
     #[arg(long, env = "DD_SITE", value_name = "SITE", default_value = "datadoghq.com")]
@@ -193,10 +204,6 @@ pub struct CommonArgs {
     /// Read the API key from this file instead of the DD_API_KEY environment variable.
     #[arg(long, value_name = "PATH")]
     pub api_key_file: Option<PathBuf>,
-
-    /// Seconds to wait for another invocation that holds the ledger (one writes at a time).
-    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
-    pub lock_timeout: u64,
 
     /// Timeout of one HTTP request, seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
@@ -214,4 +221,23 @@ pub enum LogDetail {
 pub enum OutputFormat {
     Text,
     Json,
+}
+
+/// `--compression`; `config` maps it to the protocol's own type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CompressionArg {
+    /// zstd level 3 (`Content-Encoding: zstd1`): the default, fastest for its size.
+    Zstd,
+    /// gzip level 6.
+    Gzip,
+    /// zlib (`Content-Encoding: deflate`) level 6.
+    Deflate,
+}
+
+/// `ledger list --state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KeyStateArg {
+    Sent,
+    TooOld,
+    Dead,
 }

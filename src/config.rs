@@ -1,12 +1,15 @@
 //! Validated configuration, built once from the command line and the environment. The only
-//! module besides `cli` that reads the environment (`DD_API_KEY`, `GITHUB_EVENT_PATH`).
+//! module that reads the environment (`DD_API_KEY`, `GITHUB_EVENT_PATH`); `clippy.toml` bans
+//! `std::env::var` everywhere else.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{CheckArgs, CommonArgs, LogDetail, OutputFormat, SendArgs};
+use crate::cli::{CheckArgs, CommonArgs, CompressionArg, LedgerLocationArgs, LogDetail, OutputFormat, SendArgs};
 use crate::datadog::{self, ApiKey, Compression};
+use crate::ledger::Location;
 use crate::metrics::{self, SeriesSpec};
+use crate::model;
 use crate::retry::RetryPolicy;
 use crate::source::Input;
 
@@ -62,7 +65,7 @@ pub struct SendConfig {
     pub inputs: Vec<Input>,
     pub dry_run: bool,
     pub dry_run_record: Option<PathBuf>,
-    pub ledger: PathBuf,
+    pub ledger: Location,
     pub log_dir: PathBuf,
     pub endpoint: Endpoint,
     /// `None` only in a dry run.
@@ -86,9 +89,17 @@ pub struct SendConfig {
     pub progress: bool,
 }
 
+impl SendConfig {
+    /// `--at-most-once` in a live run: items are marked before their request and unmarked if
+    /// it fails. (A dry run marks only its own record, after its pretend request.)
+    pub fn marks_before_request(&self) -> bool {
+        self.at_most_once && !self.dry_run
+    }
+}
+
 #[derive(Debug)]
 pub struct CheckConfig {
-    pub ledger: PathBuf,
+    pub ledger: Location,
     pub lock_timeout: Duration,
     pub endpoint: Endpoint,
     pub api_key: ApiKey,
@@ -100,10 +111,12 @@ impl SendConfig {
     pub fn from_args(args: SendArgs) -> Result<SendConfig, ConfigError> {
         let endpoint = endpoint(&args.common)?;
         let api_key = if args.dry_run { None } else { Some(api_key(&args.common)?) };
-        let inputs = inputs(&args.inputs, std::env::var_os("GITHUB_EVENT_PATH").map(PathBuf::from))?;
+        #[allow(clippy::disallowed_methods, reason = "config is where the environment is read")]
+        let event_path = std::env::var_os("GITHUB_EVENT_PATH").map(PathBuf::from);
+        let inputs = inputs(&args.inputs, event_path)?;
         let default_repo = match &args.repo {
             Some(value) => {
-                Some(metrics::split_full_name(value).ok_or_else(|| ConfigError::Repo { value: value.clone() })?)
+                Some(model::split_full_name(value).ok_or_else(|| ConfigError::Repo { value: value.clone() })?)
             }
             None => None,
         };
@@ -132,7 +145,7 @@ impl SendConfig {
             inputs,
             dry_run: args.dry_run,
             dry_run_record: args.dry_run_record,
-            ledger: args.common.ledger,
+            ledger: Location::Sqlite(args.common.ledger.ledger),
             log_dir: args.log_dir,
             endpoint,
             api_key,
@@ -141,14 +154,18 @@ impl SendConfig {
             max_age,
             historical: args.historical,
             stamp_now: args.stamp_now,
-            compression: args.compression,
+            compression: match args.compression {
+                CompressionArg::Zstd => Compression::Zstd,
+                CompressionArg::Gzip => Compression::Gzip,
+                CompressionArg::Deflate => Compression::Deflate,
+            },
             batch_size: args.batch_size,
             output: args.output,
             concurrency: args.concurrency,
             retry,
             circuit_breaker: args.circuit_breaker,
             at_most_once: args.at_most_once,
-            lock_timeout: Duration::from_secs(args.common.lock_timeout),
+            lock_timeout: Duration::from_secs(args.common.ledger.lock_timeout),
             shutdown_grace: Duration::from_secs(args.shutdown_grace),
             log_detail: args.log_detail,
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
@@ -163,10 +180,15 @@ impl CheckConfig {
         Ok(CheckConfig {
             endpoint: endpoint(&args.common)?,
             api_key: api_key(&args.common)?,
-            lock_timeout: Duration::from_secs(args.common.lock_timeout),
-            ledger: args.common.ledger,
+            lock_timeout: Duration::from_secs(args.common.ledger.lock_timeout),
+            ledger: Location::Sqlite(args.common.ledger.ledger),
         })
     }
+}
+
+/// Where the ledger is, for the `ledger` subcommands.
+pub fn ledger_location(args: &LedgerLocationArgs) -> (Location, Duration) {
+    (Location::Sqlite(args.ledger.clone()), Duration::from_secs(args.lock_timeout))
 }
 
 fn endpoint(common: &CommonArgs) -> Result<Endpoint, ConfigError> {
@@ -195,7 +217,9 @@ fn api_key(common: &CommonArgs) -> Result<ApiKey, ConfigError> {
     if let Some(path) = &common.api_key_file {
         return read_key_file(path);
     }
-    match std::env::var("DD_API_KEY") {
+    #[allow(clippy::disallowed_methods, reason = "config is where the environment is read")]
+    let key = std::env::var("DD_API_KEY");
+    match key {
         Ok(key) if !key.trim().is_empty() => Ok(ApiKey::new(key.trim().to_owned())),
         _ => Err(ConfigError::MissingApiKey),
     }

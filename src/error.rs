@@ -22,6 +22,54 @@ pub mod exit_code {
     pub const AUTH: i32 = 5;
 }
 
+/// Why a `send` stopped before its input ran out.
+#[derive(Debug)]
+pub enum Halt {
+    /// Datadog rejected the API key (401/403).
+    Auth(String),
+    /// The ledger failed: nothing more can be recorded, so nothing more is sent.
+    Ledger(String),
+    /// The invocation is wrong for its input (every record would fail the same way).
+    Input(String),
+    /// `--circuit-breaker` consecutive requests failed after their retries.
+    Breaker(String),
+    /// SIGINT (130) or SIGTERM (143).
+    Signal(i32),
+}
+
+impl Halt {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Halt::Signal(code) => *code,
+            Halt::Auth(_) => exit_code::AUTH,
+            Halt::Ledger(_) => exit_code::LEDGER,
+            Halt::Input(_) => exit_code::INPUT,
+            Halt::Breaker(_) => exit_code::PARTIAL,
+        }
+    }
+
+    /// What the summary says of it.
+    pub fn describe(&self) -> String {
+        match self {
+            Halt::Auth(message) | Halt::Ledger(message) | Halt::Input(message) | Halt::Breaker(message) => {
+                message.clone()
+            }
+            Halt::Signal(code) => format!("signal (exit code {code})"),
+        }
+    }
+}
+
+/// The exit code of a `send`. When several apply, the first wins: why it halted (signal, key,
+/// ledger, input, breaker), then items not sent (1), then bad input or dead letters (3).
+pub fn send_exit_code(halt: Option<&Halt>, not_sent: u64, bad_input: bool) -> i32 {
+    match halt {
+        Some(halt) => halt.exit_code(),
+        None if not_sent > 0 => exit_code::PARTIAL,
+        None if bad_input => exit_code::INPUT,
+        None => exit_code::OK,
+    }
+}
+
 /// Errors that stop an invocation before its pipeline runs. Problems met while sending are
 /// counted in the `Summary` instead, so that the run log still gets its summary.
 #[derive(Debug, thiserror::Error)]

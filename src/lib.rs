@@ -7,15 +7,17 @@ pub mod datadog;
 pub mod error;
 pub mod ledger;
 pub mod metrics;
+pub mod model;
 pub mod retry;
 pub mod runlog;
+pub mod send;
 pub mod source;
-pub mod submit;
 
 use chrono::Utc;
 
-use crate::cli::{Cli, Command, LedgerAction, LedgerArgs, OutputFormat};
+use crate::cli::{Cli, Command, KeyStateArg, LedgerAction, LedgerArgs, OutputFormat};
 use crate::config::{CheckConfig, SendConfig};
+use crate::ledger::KeyState;
 use crate::runlog::{Header, RunLog};
 
 pub use crate::error::{exit_code, Error};
@@ -58,6 +60,7 @@ fn send(config: SendConfig) -> Result<Report, Error> {
     let started = Utc::now();
     let mut log = RunLog::create(&config.log_dir, started)?;
     let inputs: Vec<String> = config.inputs.iter().map(ToString::to_string).collect();
+    let ledger = config.ledger.to_string();
     let endpoint = datadog::series_url(&config.endpoint.base_url);
     let options = format!(
         "prefix={} tags={} max_age={}s historical={} stamp_now={} compression={} batch_size={}",
@@ -73,11 +76,11 @@ fn send(config: SendConfig) -> Result<Report, Error> {
         dry_run: config.dry_run,
         started,
         inputs: &inputs,
-        ledger: &config.ledger,
+        ledger: &ledger,
         endpoint: &endpoint,
         options: &options,
     });
-    let result = runtime().block_on(submit::send(&config, &mut log));
+    let result = runtime().block_on(send::send(&config, &mut log));
     let mut summary = match result {
         Ok(summary) => summary,
         Err(error) => {
@@ -100,49 +103,68 @@ fn send(config: SendConfig) -> Result<Report, Error> {
 }
 
 fn check(config: CheckConfig) -> Result<Report, Error> {
-    let ledger = ledger::Ledger::open(&config.ledger, config.lock_timeout)?;
-    let (sent, skipped) = ledger.counts()?;
-    let client = datadog::Client::new(&config.endpoint.base_url, config.api_key, config.endpoint.request_timeout)?;
-    runtime().block_on(client.validate())?;
-    Ok(Report {
-        exit_code: exit_code::OK,
-        summary_line: format!(
-            "ok: Datadog accepted the API key at {}; ledger {} ready (schema {}, {sent} run(s) sent, {skipped} recorded too old)",
-            config.endpoint.base_url,
-            config.ledger.display(),
-            ledger::SCHEMA_VERSION
-        ),
-        json: None,
+    runtime().block_on(async {
+        let mut ledger = ledger::open(&config.ledger, config.lock_timeout)?;
+        let counts = ledger.counts().await?;
+        let client = datadog::Client::new(&config.endpoint.base_url, config.api_key, config.endpoint.request_timeout)?;
+        client.validate().await?;
+        Ok(Report {
+            exit_code: exit_code::OK,
+            summary_line: format!(
+                "ok: Datadog accepted the API key at {}; ledger {} ready (schema {}, {} item(s) sent, {} recorded too old, {} dead letter(s))",
+                config.endpoint.base_url,
+                ledger.describe(),
+                ledger::SCHEMA_VERSION,
+                counts.sent,
+                counts.too_old,
+                counts.dead,
+            ),
+            json: None,
+        })
     })
 }
 
 fn ledger_command(args: LedgerArgs) -> Result<Report, Error> {
-    let mut ledger = ledger::Ledger::open(&args.ledger, std::time::Duration::from_secs(args.lock_timeout))?;
-    let (summary_line, json) = match args.action {
-        LedgerAction::Dead => {
-            let dead = ledger.dead_letters()?;
-            let rows: Vec<String> = dead
-                .iter()
-                .map(|letter| {
-                    serde_json::json!({
-                        "run_key": letter.run_key,
-                        "recorded_at": letter.recorded_at,
-                        "error": letter.detail,
+    let (location, lock_timeout) = config::ledger_location(&args.ledger);
+    runtime().block_on(async {
+        let (summary_line, json) = match args.action {
+            LedgerAction::Dead => {
+                let dead = ledger::open(&location, lock_timeout)?.dead_letters().await?;
+                let rows: Vec<String> = dead
+                    .iter()
+                    .map(|letter| {
+                        serde_json::json!({ "run_key": letter.key, "recorded_at": letter.recorded_at, "error": letter.detail })
+                            .to_string()
                     })
-                    .to_string()
-                })
-                .collect();
-            (
-                format!("{} dead letter(s) in {}", dead.len(), args.ledger.display()),
-                Some(rows.join("\n")).filter(|s| !s.is_empty()),
-            )
-        }
-        LedgerAction::Requeue { keys, all } => {
-            let freed = ledger.requeue(if all { None } else { Some(&keys) })?;
-            (format!("requeued {freed} dead letter(s): the next send sends them again"), None)
-        }
-    };
-    Ok(Report { exit_code: exit_code::OK, summary_line, json })
+                    .collect();
+                (format!("{} dead letter(s) in {location}", dead.len()), Some(rows.join("\n")).filter(|s| !s.is_empty()))
+            }
+            LedgerAction::Requeue { keys, all } => {
+                let freed = ledger::open(&location, lock_timeout)?.requeue(if all { None } else { Some(&keys) }).await?;
+                (format!("requeued {freed} dead letter(s): the next send sends them again"), None)
+            }
+            LedgerAction::List { state } => {
+                let state = match state {
+                    KeyStateArg::Sent => KeyState::Sent,
+                    KeyStateArg::TooOld => KeyState::SkippedTooOld,
+                    KeyStateArg::Dead => KeyState::Dead,
+                };
+                let keys = match ledger::open_read_only(&location)? {
+                    Some(mut ledger) => ledger.keys(state).await?,
+                    None => Vec::new(),
+                };
+                (format!("{} key(s) in {location}", keys.len()), Some(keys.join("\n")).filter(|s| !s.is_empty()))
+            }
+            LedgerAction::Verify => {
+                let Some(mut ledger) = ledger::open_read_only(&location)? else {
+                    return Err(Error::Ledger(ledger::LedgerError::Missing { path: location.to_string() }));
+                };
+                ledger.verify().await?;
+                (format!("ledger {location} is consistent"), None)
+            }
+        };
+        Ok(Report { exit_code: exit_code::OK, summary_line, json })
+    })
 }
 
 /// An error and its causes on one line: `failed to open ledger at x: file is not a database`.

@@ -1,7 +1,12 @@
-//! Exponential backoff with full jitter, as an iterator of delays. Pure: the caller sleeps, and
-//! the jitter comes from a seeded generator so tests are repeatable.
+//! Retries, in three parts as Vector and nextest split them: [`Retriable`] classifies a failure
+//! (each client implements it, and parses its own headers), [`Backoff`] is the iterator of
+//! jittered delays (pure, seeded in tests), and [`retry`] is the one loop that sleeps between
+//! attempts, bounded by attempts, a deadline and a shutdown signal.
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 /// How a request is retried.
 #[derive(Clone, Debug)]
@@ -52,6 +57,63 @@ impl Iterator for Backoff {
 pub fn next_wait(backoff: Duration, server_asked: Option<Duration>, remaining: Duration) -> Option<Duration> {
     let wait = server_asked.map_or(backoff, |asked| asked.max(backoff));
     (wait < remaining).then_some(wait)
+}
+
+/// A failure that may be worth another attempt.
+pub trait Retriable: std::fmt::Display {
+    /// Worth another attempt (timeouts, refused connections, 408, 429, 5xx...).
+    fn is_retriable(&self) -> bool;
+    /// How long the server asked to wait, if it did.
+    fn retry_after(&self) -> Option<Duration>;
+}
+
+/// What [`retry`] came to.
+pub struct Outcome<T, E> {
+    /// Attempts made, the first included.
+    pub attempts: u32,
+    pub result: Result<T, E>,
+    /// A shutdown signal cut the waiting short: the last failure stands, and is not the
+    /// request's fault.
+    pub cancelled: bool,
+}
+
+/// Runs `attempt` until it succeeds, fails for good, runs out of attempts or of `policy.deadline`,
+/// or `shutdown` turns `Some` (a signal: no new attempt starts, a wait is cut short). `stream`
+/// (a request number) tells apart the jitter of concurrent callers; the warnings say
+/// `retrying <what>` with it.
+pub async fn retry<T, E, F, Fut>(
+    policy: &RetryPolicy,
+    stream: u64,
+    what: &str,
+    shutdown: &mut watch::Receiver<Option<i32>>,
+    mut attempt: F,
+) -> Outcome<T, E>
+where
+    E: Retriable,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let started = Instant::now();
+    let mut backoff = Backoff::new(policy, stream);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let error = match attempt().await {
+            Ok(value) => return Outcome { attempts, result: Ok(value), cancelled: false },
+            Err(error) => error,
+        };
+        let remaining = policy.deadline.saturating_sub(started.elapsed());
+        let wait = backoff.next().and_then(|delay| next_wait(delay, error.retry_after(), remaining));
+        let wait = match wait {
+            Some(wait) if error.is_retriable() && attempts < policy.max_attempts && shutdown.borrow().is_none() => wait,
+            _ => return Outcome { attempts, result: Err(error), cancelled: false },
+        };
+        tracing::warn!(number = stream, attempt = attempts, delay_ms = wait.as_millis() as u64, error = %error, "retrying {what}");
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return Outcome { attempts, result: Err(error), cancelled: true },
+        }
+    }
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ pub struct Header<'a> {
     pub dry_run: bool,
     pub started: DateTime<Utc>,
     pub inputs: &'a [String],
-    pub ledger: &'a Path,
+    pub ledger: &'a str,
     pub endpoint: &'a str,
     pub options: &'a str,
 }
@@ -93,7 +93,7 @@ impl RunLog {
             let _ = writeln!(line, "version: {}", env!("CARGO_PKG_VERSION"));
             let _ = writeln!(line, "started: {}", iso_millis(header.started));
             let _ = writeln!(line, "inputs: {}", header.inputs.join(", "));
-            let _ = writeln!(line, "ledger: {}", header.ledger.display());
+            let _ = writeln!(line, "ledger: {}", header.ledger);
             let _ = writeln!(line, "endpoint: {}", header.endpoint);
             let _ = write!(line, "options: {}", header.options);
         });

@@ -1,0 +1,164 @@
+//! The behaviour every ledger backend promises, as one suite of tests. A backend joins it with
+//! one line in `backends()`; the dry-run overlay runs it too, over an empty real ledger.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::{KeyState, Ledger, Overlay, SentItem, SkipReason, SkippedItem, SqliteLedger};
+use crate::metrics::SentPoint;
+
+type Factory = fn(&Path) -> Box<dyn Ledger>;
+
+/// Each backend as a fresh, empty ledger in the given folder.
+fn backends() -> [(&'static str, Factory); 2] {
+    [
+        ("sqlite", |dir| Box::new(SqliteLedger::open(&dir.join("ledger.db"), Duration::ZERO).unwrap())),
+        ("overlay over sqlite", |dir| {
+            let path = dir.join("real.db");
+            drop(SqliteLedger::open(&path, Duration::ZERO).unwrap());
+            let base = SqliteLedger::open_read_only(&path).unwrap().expect("created above");
+            Box::new(Overlay::new(Some(Box::new(base)), Box::new(SqliteLedger::open_in_memory().unwrap())))
+        }),
+    ]
+}
+
+/// Runs `check` against every backend, naming the backend in a failure.
+async fn for_each_backend(check: impl AsyncFn(&mut dyn Ledger)) {
+    for (name, make) in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = make(dir.path());
+        eprintln!("backend: {name}");
+        check(ledger.as_mut()).await;
+    }
+}
+
+fn sent(key: &str, point_key: i64) -> SentItem<'_> {
+    SentItem { key, point_key, timestamp: 100, gauges: [None; 3] }
+}
+
+fn skipped(key: &str) -> SkippedItem<'_> {
+    SkippedItem { key, completed_at: 5 }
+}
+
+#[tokio::test]
+async fn marks_and_looks_up_in_bulk() {
+    for_each_backend(async |ledger| {
+        ledger.mark_sent(&[sent("a", 1), sent("b", 1), sent("c", 2)], 0).await.unwrap();
+        ledger.record_skipped(&[skipped("d")], SkipReason::TooOld, 0).await.unwrap();
+        // More keys than SQLite's default variable limit (32766), in one call.
+        let many: Vec<String> = (0..40_000).map(|i| format!("k{i}")).collect();
+        let mut keys: Vec<&str> = many.iter().map(String::as_str).collect();
+        keys.extend(["a", "d", "zz", "a"]);
+        let states = ledger.states(&keys).await.unwrap();
+        assert_eq!(states.len(), keys.len());
+        assert!(states[..40_000].iter().all(|state| *state == KeyState::Unknown));
+        assert_eq!(&states[40_000..], [KeyState::Sent, KeyState::SkippedTooOld, KeyState::Unknown, KeyState::Sent]);
+        let points = ledger.sent_points(&[(100, 1), (100, 2), (100, 3), (100, 1), (99, 2)]).await.unwrap();
+        let counts: std::collections::BTreeMap<i64, u32> = points.iter().map(|(key, p)| (*key, p.count)).collect();
+        assert_eq!(counts, [(1, 2), (2, 1)].into());
+        // Marking a too-old item as sent moves it.
+        ledger.mark_sent(&[sent("d", 9)], 0).await.unwrap();
+        let counts = ledger.counts().await.unwrap();
+        assert_eq!((counts.sent, counts.too_old, counts.dead), (4, 0, 0));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn marking_twice_keeps_one_row_per_key() {
+    for_each_backend(async |ledger| {
+        let keys: Vec<String> = (0..601).map(|i| format!("o/r:{i}:1")).collect();
+        let items: Vec<SentItem<'_>> = keys.iter().map(|key| sent(key, 7)).collect();
+        ledger.mark_sent(&items[..300], 0).await.unwrap();
+        ledger.mark_sent(&items, 0).await.unwrap();
+        assert_eq!(ledger.counts().await.unwrap().sent, 601);
+        assert_eq!(ledger.sent_points(&[(100, 7)]).await.unwrap()[&7].count, 601);
+        assert_eq!(ledger.keys(KeyState::Sent).await.unwrap().len(), 601);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sent_points_keep_the_largest_gauges() {
+    for_each_backend(async |ledger| {
+        let item = |key, gauges| SentItem { key, point_key: 4, timestamp: 100, gauges };
+        ledger
+            .mark_sent(&[item("a", [Some(10.0), None, None]), item("b", [Some(30.0), Some(2.5), None])], 0)
+            .await
+            .unwrap();
+        ledger.mark_sent(&[item("c", [Some(20.0), Some(0.0), None]), item("d", [None; 3])], 0).await.unwrap();
+        let points = ledger.sent_points(&[(100, 4), (101, 4)]).await.unwrap();
+        assert_eq!(points[&4], SentPoint { count: 4, gauges: [Some(30.0), Some(2.5), None] });
+        // The same point key at another second is another point.
+        ledger.unmark(&["b"]).await.unwrap();
+        let points = ledger.sent_points(&[(100, 4)]).await.unwrap();
+        assert_eq!(points[&4], SentPoint { count: 3, gauges: [Some(20.0), Some(0.0), None] });
+        assert!(ledger.sent_points(&[(101, 5)]).await.unwrap().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unmarked_items_are_unknown_again() {
+    for_each_backend(async |ledger| {
+        ledger.mark_sent(&[sent("a", 1), sent("b", 1)], 0).await.unwrap();
+        ledger.unmark(&["a", "never"]).await.unwrap();
+        assert_eq!(ledger.states(&["a", "b"]).await.unwrap(), [KeyState::Unknown, KeyState::Sent]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dead_letters_are_skipped_until_requeued() {
+    for_each_backend(async |ledger| {
+        let detail = "{\"errors\":[\"bad\"]}";
+        ledger.record_skipped(&[skipped("a"), skipped("b")], SkipReason::Dead { detail }, 5).await.unwrap();
+        assert_eq!(ledger.states(&["a", "c"]).await.unwrap(), [KeyState::Dead, KeyState::Unknown]);
+        let dead = ledger.dead_letters().await.unwrap();
+        assert_eq!(dead.iter().map(|letter| letter.key.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert!(dead.iter().all(|letter| letter.detail == detail && letter.recorded_at == 5));
+        // Too old does not overwrite a dead letter; a dead letter overwrites too old.
+        ledger.record_skipped(&[skipped("a")], SkipReason::TooOld, 6).await.unwrap();
+        ledger.record_skipped(&[skipped("o")], SkipReason::TooOld, 6).await.unwrap();
+        ledger.record_skipped(&[skipped("o")], SkipReason::Dead { detail: "x" }, 7).await.unwrap();
+        assert_eq!(ledger.states(&["a", "o"]).await.unwrap(), [KeyState::Dead, KeyState::Dead]);
+        assert_eq!(ledger.keys(KeyState::Dead).await.unwrap(), ["a", "b", "o"]);
+        assert_eq!(ledger.requeue(Some(&["a".to_owned(), "zz".to_owned()])).await.unwrap(), 1);
+        assert_eq!(ledger.states(&["a", "b"]).await.unwrap(), [KeyState::Unknown, KeyState::Dead]);
+        assert_eq!(ledger.requeue(None).await.unwrap(), 2);
+        assert!(ledger.dead_letters().await.unwrap().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn counts_and_lists_keep_states_apart() {
+    for_each_backend(async |ledger| {
+        ledger.mark_sent(&[sent("s1", 1), sent("s2", 2)], 0).await.unwrap();
+        ledger.record_skipped(&[skipped("t1")], SkipReason::TooOld, 0).await.unwrap();
+        ledger
+            .record_skipped(&[skipped("d1"), skipped("d2"), skipped("d3")], SkipReason::Dead { detail: "x" }, 0)
+            .await
+            .unwrap();
+        let counts = ledger.counts().await.unwrap();
+        assert_eq!((counts.sent, counts.too_old, counts.dead), (2, 1, 3));
+        assert_eq!(ledger.keys(KeyState::Sent).await.unwrap(), ["s1", "s2"]);
+        assert_eq!(ledger.keys(KeyState::SkippedTooOld).await.unwrap(), ["t1"]);
+        assert!(ledger.keys(KeyState::Unknown).await.unwrap().is_empty());
+        ledger.verify().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cursors_are_kept_per_scope() {
+    for_each_backend(async |ledger| {
+        assert_eq!(ledger.cursor("octo/repo").await.unwrap(), None);
+        ledger.save_cursor("octo/repo", "2026-12-01T00:00:00Z", 1).await.unwrap();
+        ledger.save_cursor("octo/other", "a", 1).await.unwrap();
+        ledger.save_cursor("octo/repo", "2026-12-02T00:00:00Z", 2).await.unwrap();
+        assert_eq!(ledger.cursor("octo/repo").await.unwrap().as_deref(), Some("2026-12-02T00:00:00Z"));
+        assert_eq!(ledger.cursor("octo/other").await.unwrap().as_deref(), Some("a"));
+    })
+    .await;
+}

@@ -1,0 +1,219 @@
+//! The ledger: what was sent, skipped and dead-lettered, and where each source may resume. The
+//! only module that knows SQL.
+//!
+//! [`Ledger`] is the seam: callers use its domain methods and never see a connection. It is an
+//! async trait because the pipeline is async and a networked backend (PostgreSQL) is too; the
+//! SQLite backend answers at once. Opening a live ledger takes its lock (one writer at a time);
+//! a dry run wraps the real ledger, opened read-only, in an [`Overlay`] that keeps its own
+//! writes apart, so the real ledger is never written whatever the backend.
+//!
+//! Backends: `sqlite` (the embedded default). Every backend passes the same conformance suite
+//! (`conformance.rs`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::metrics::{Gauges, SentPoint};
+
+#[cfg(test)]
+mod conformance;
+mod overlay;
+pub mod sqlite;
+
+pub use overlay::Overlay;
+pub use sqlite::{SqliteLedger, SCHEMA_VERSION};
+
+/// What the ledger knows of one item key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyState {
+    Unknown,
+    Sent,
+    SkippedTooOld,
+    Dead,
+}
+
+/// Why an item is recorded without being sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkipReason<'a> {
+    /// Completed longer ago than Datadog's intake window (`--max-age`). Recording it again keeps
+    /// the first record; a dead letter stays dead.
+    TooOld,
+    /// Datadog rejected it on its own (400), with Datadog's error: skipped until requeued.
+    Dead { detail: &'a str },
+}
+
+/// An item confirmed by Datadog, to be marked.
+#[derive(Clone, Debug)]
+pub struct SentItem<'a> {
+    pub key: &'a str,
+    pub point_key: i64,
+    /// The timestamp of its points (its completion time, or the send time when stamped).
+    pub timestamp: i64,
+    /// Its gauge values, so that a later item at the same point sends the largest.
+    pub gauges: Gauges,
+}
+
+/// An item recorded as skipped: its key and completion time.
+#[derive(Clone, Copy, Debug)]
+pub struct SkippedItem<'a> {
+    pub key: &'a str,
+    pub completed_at: i64,
+}
+
+/// A dead letter: an item Datadog rejected on its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub key: String,
+    pub recorded_at: i64,
+    pub detail: String,
+}
+
+/// Rows per state, for `check`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub sent: u64,
+    pub too_old: u64,
+    pub dead: u64,
+}
+
+/// The ledger seam. Every method is one transaction: it happens whole or not at all.
+#[async_trait]
+pub trait Ledger: Send {
+    /// Where the ledger is, for messages and the run log (never with a password).
+    fn describe(&self) -> String;
+
+    /// What the ledger knows of each key, in the order given, in one round trip.
+    async fn states(&mut self, keys: &[&str]) -> Result<Vec<KeyState>, LedgerError>;
+
+    /// What was sent to each point, given as (timestamp, point key); points nothing was sent to
+    /// are left out.
+    async fn sent_points(&mut self, points: &[(i64, i64)]) -> Result<HashMap<i64, SentPoint>, LedgerError>;
+
+    /// Marks the items of one confirmed request as sent (and no longer skipped). Marking a key
+    /// twice keeps the first mark.
+    async fn mark_sent(&mut self, items: &[SentItem<'_>], now_ms: i64) -> Result<(), LedgerError>;
+
+    /// Undoes `mark_sent` (`--at-most-once` marks before the request, and unmarks a failure).
+    async fn unmark(&mut self, keys: &[&str]) -> Result<(), LedgerError>;
+
+    /// Records items apart from the sent ones, so that they are not reconsidered every time.
+    async fn record_skipped(
+        &mut self,
+        items: &[SkippedItem<'_>],
+        reason: SkipReason<'_>,
+        now_ms: i64,
+    ) -> Result<(), LedgerError>;
+
+    /// The dead letters, oldest first.
+    async fn dead_letters(&mut self) -> Result<Vec<DeadLetter>, LedgerError>;
+
+    /// Frees dead letters (the given keys, or all) so the next send sends them; how many.
+    async fn requeue(&mut self, keys: Option<&[String]>) -> Result<usize, LedgerError>;
+
+    /// The keys in one state (not `Unknown`), sorted: `ledger list`.
+    async fn keys(&mut self, state: KeyState) -> Result<Vec<String>, LedgerError>;
+
+    async fn counts(&mut self) -> Result<Counts, LedgerError>;
+
+    /// Where a source stopped in `scope` (for instance one repository), if it saved a cursor.
+    async fn cursor(&mut self, scope: &str) -> Result<Option<String>, LedgerError>;
+
+    /// Keeps a source's cursor. Callers save it only once every item before it is settled.
+    async fn save_cursor(&mut self, scope: &str, cursor: &str, now_ms: i64) -> Result<(), LedgerError>;
+
+    /// Checks the ledger's own consistency (SQLite: `PRAGMA integrity_check`).
+    async fn verify(&mut self) -> Result<(), LedgerError>;
+}
+
+/// Where the ledger lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    Sqlite(PathBuf),
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// Opens (creating and migrating it if needed) the ledger for writing, holding its lock.
+///
+/// # Errors
+/// The ledger cannot be created, opened or migrated, or another invocation holds it past
+/// `lock_timeout`.
+pub fn open(location: &Location, lock_timeout: Duration) -> Result<Box<dyn Ledger>, LedgerError> {
+    match location {
+        Location::Sqlite(path) => Ok(Box::new(SqliteLedger::open(path, lock_timeout)?)),
+    }
+}
+
+/// Opens an existing ledger to read it, without its lock, without migrating it, creating
+/// nothing: `None` when there is no ledger yet.
+///
+/// # Errors
+/// The ledger is not a ledger, or its schema is not this binary's.
+pub fn open_read_only(location: &Location) -> Result<Option<Box<dyn Ledger>>, LedgerError> {
+    match location {
+        Location::Sqlite(path) => Ok(SqliteLedger::open_read_only(path)?.map(|ledger| Box::new(ledger) as _)),
+    }
+}
+
+/// The ledger of a dry run: the real one read-only (if it exists) under an overlay that takes
+/// the writes, in memory or in `record` (a SQLite file of the dry run's own, kept between dry
+/// runs so that the next one shows only what is new).
+///
+/// # Errors
+/// As [`open_read_only`], or the record cannot be opened.
+pub fn open_dry_run(location: &Location, record: Option<&Path>) -> Result<Box<dyn Ledger>, LedgerError> {
+    let base = open_read_only(location)?;
+    let record = match record {
+        Some(path) => SqliteLedger::open(path, Duration::ZERO)?,
+        None => SqliteLedger::open_in_memory()?,
+    };
+    Ok(Box::new(Overlay::new(base, Box::new(record))))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("failed to create the ledger folder {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to open ledger at {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("ledger at {path} has schema version {found}, newer than this binary knows ({SCHEMA_VERSION}); upgrade workflow-metrics")]
+    TooNew { path: String, found: i64 },
+    #[error("ledger at {path} has schema version {found}; reading it does not migrate it: run `workflow-metrics check` (or any live send) once to upgrade it")]
+    NeedsMigration { path: String, found: i64 },
+    #[error("ledger at {path} is held by another invocation (lock file {lock}); gave up after {waited_seconds}s (--lock-timeout)")]
+    Busy { path: String, lock: PathBuf, waited_seconds: u64 },
+    #[error("cannot create the lock file {lock} of the ledger")]
+    LockFile {
+        lock: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ledger at {path}: {action} failed")]
+    Query {
+        path: String,
+        action: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("there is no ledger at {path}")]
+    Missing { path: String },
+    #[error("ledger at {path} is damaged: {detail}")]
+    Damaged { path: String, detail: String },
+}

@@ -1,0 +1,99 @@
+//! The domain: the items the pipeline carries, raw (as read, with lenient [`Scalar`]s) and
+//! validated, one file per entity. Pure: no I/O, no clock, no wire types.
+//!
+//! The pipeline handles [`Item`]s, keyed units of series: a workflow run today, a job or a step
+//! tomorrow. An item's ledger key names its entity ([`Entity::of_key`]), so one ledger holds
+//! them all apart.
+
+mod run;
+mod scalar;
+
+#[cfg(test)]
+pub(crate) use run::testing;
+
+pub use run::{run_key, split_full_name, validate_run, RawRun, RepoRef, Run, GH_JSON_FIELDS};
+pub use scalar::Scalar;
+pub(crate) use scalar::ScalarVisitor;
+
+/// The kinds of item; each has its metric family (`metrics::family`) and its key format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Entity {
+    /// One attempt of one workflow run. Key: `owner/repo:run_id:attempt` (the format of the
+    /// first ledgers, kept so that they stay valid).
+    WorkflowRun,
+}
+
+impl Entity {
+    /// Every entity, in the order the README's metrics table lists them.
+    pub const ALL: [Entity; 1] = [Entity::WorkflowRun];
+
+    /// The entity's segment of metric names (`<prefix>.<name>.total`), as int128's action names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Entity::WorkflowRun => "workflow_run",
+        }
+    }
+
+    /// The entity a ledger key belongs to. Keys of entities added later carry their kind as a
+    /// segment after the repository (`owner/repo:<kind>:...`); a run key has none.
+    pub fn of_key(key: &str) -> Entity {
+        let _ = key;
+        Entity::WorkflowRun
+    }
+}
+
+/// A validated item on its way to Datadog.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Item {
+    Run(Run),
+}
+
+impl Item {
+    pub fn entity(&self) -> Entity {
+        match self {
+            Item::Run(_) => Entity::WorkflowRun,
+        }
+    }
+
+    /// The ledger key.
+    pub fn key(&self) -> &str {
+        match self {
+            Item::Run(run) => run.key(),
+        }
+    }
+
+    /// Completion time, unix seconds: the timestamp of its points unless stamped.
+    pub fn completed_at(&self) -> i64 {
+        match self {
+            Item::Run(run) => run.completed_at,
+        }
+    }
+
+    pub fn conclusion(&self) -> &str {
+        match self {
+            Item::Run(run) => run.conclusion(),
+        }
+    }
+}
+
+/// What validation makes of one raw record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Validated {
+    Completed(Box<Item>),
+    /// Queued, in progress, waiting...: not sent, not marked, so a later pass sends it.
+    NotCompleted {
+        key: String,
+        status: String,
+    },
+    /// This record cannot be used; the others can.
+    Invalid {
+        origin: String,
+        reason: String,
+    },
+    /// The invocation itself is wrong for this input (a gh row without `databaseId`, rows with no
+    /// repository and no `--repo`): every record would fail the same way, so reading stops.
+    Fatal {
+        origin: String,
+        reason: String,
+    },
+}

@@ -1,0 +1,623 @@
+//! The `send` pipeline: sources → ledger filter → plan → requests → ledger marks, with the run
+//! log written along the way. Reads top to bottom, one comment per stage; the request itself is
+//! in `request.rs`, the progress bar, signals and summary beside it.
+//!
+//! Invariants kept here:
+//! - an item is marked sent only after the 2xx of the request that carried it (with
+//!   `--at-most-once`: just before its request, and unmarked again if the request fails);
+//! - all series of one item travel in one request, and so do items that share a point;
+//! - two requests writing the same point are never in flight together, and a request writes a
+//!   point on top of what the ledger says earlier requests delivered to it (counts summed, the
+//!   largest gauges), so the input's order does not matter;
+//! - one live invocation at a time holds the ledger (see `ledger`), so overlapping invocations
+//!   never send the same item;
+//! - input is read on its own thread into bounded chunks, and at most `--concurrency` requests
+//!   are in flight, so memory does not grow with the input.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use foldhash::{HashMap as FastMap, HashSet as FastSet};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::progress::Progress;
+use super::request::{Delivery, Failure, RequestTask};
+use super::signals::{self, Shutdown};
+use super::summary::{peak_rss_bytes, Summary};
+use crate::config::SendConfig;
+use crate::datadog::{Client, DatadogError};
+use crate::error::{send_exit_code, Halt};
+use crate::ledger::{self, KeyState, Ledger, LedgerError, SentItem, SkipReason, SkippedItem};
+use crate::metrics::{self, Age, Planned, SentPoint};
+use crate::model::{Item, Validated};
+use crate::runlog::{RequestLine, RunLog};
+use crate::source::{self, FileSource, Message, Source};
+
+/// Invalid records reported on stderr one by one before they are only counted.
+const WARN_LIMIT: u64 = 10;
+
+/// Runs the whole `send`: reads, filters, converts, posts, marks, logs.
+///
+/// # Errors
+/// Only what happens before the pipeline starts (ledger cannot be opened, client cannot be built);
+/// later problems are counted in the returned summary.
+pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crate::Error> {
+    let started = Instant::now();
+    // Stage 0: open the ledger (a dry run reads it and writes only to memory or its own record),
+    // the client (none in a dry run), and listen for SIGINT/SIGTERM.
+    let ledger = if config.dry_run {
+        ledger::open_dry_run(&config.ledger, config.dry_run_record.as_deref())?
+    } else {
+        ledger::open(&config.ledger, config.lock_timeout)?
+    };
+    let client = match &config.api_key {
+        Some(key) if !config.dry_run => {
+            Some(Arc::new(Client::new(&config.endpoint.base_url, key.clone(), config.endpoint.request_timeout)?))
+        }
+        _ => None,
+    };
+    let signals = signals::listen();
+    let mut pipeline = Pipeline {
+        config,
+        ledger,
+        client,
+        log,
+        summary: Summary { dry_run: config.dry_run, ..Summary::default() },
+        buffer: Vec::new(),
+        pending_keys: FastSet::default(),
+        split_queue: VecDeque::new(),
+        inflight: JoinSet::new(),
+        inflight_items: HashMap::new(),
+        inflight_counts: FastMap::default(),
+        deferred: Vec::new(),
+        next_request: 1,
+        planner: metrics::Planner::new(config.spec.clone()),
+        spec: Arc::new(config.spec.clone()),
+        consecutive_failures: 0,
+        signals: signals.clone(),
+        halt: None,
+        warned: 0,
+    };
+
+    // Stage 1: read the sources on their own thread, in bounded chunks of validated items.
+    let (sender, mut receiver) = mpsc::channel::<Message>(4);
+    let sources: Vec<Box<dyn Source>> =
+        vec![Box::new(FileSource::new(config.inputs.clone(), config.default_repo.clone()))];
+    let total_bytes = sources.iter().map(|source| source.size()).sum();
+    let mut progress = Progress::new(config.progress, total_bytes);
+    let reader = source::spawn_reader(sources, progress.bytes_read.clone(), sender);
+
+    // Stages 2-6 run as input arrives and requests complete.
+    let mut input_done = false;
+    let mut signals = signals;
+    let mut timings = Timings::default();
+    loop {
+        let mark = Instant::now();
+        pipeline.dispatch_ready(input_done).await;
+        timings.dispatch += mark.elapsed();
+        let drained = pipeline.buffer.is_empty() && pipeline.split_queue.is_empty() && pipeline.deferred.is_empty();
+        if pipeline.inflight.is_empty() && (pipeline.halt.is_some() || (input_done && drained)) {
+            break;
+        }
+        let can_read = !input_done && pipeline.halt.is_none() && pipeline.buffer.len() < config.batch_size;
+        let mark = Instant::now();
+        tokio::select! {
+            changed = signals.changed(), if pipeline.halt.is_none() => {
+                if changed.is_ok() {
+                    if let Some(code) = *signals.borrow() {
+                        pipeline.stop_on_signal(code);
+                    }
+                }
+            }
+            Some(done) = pipeline.inflight.join_next(), if !pipeline.inflight.is_empty() => {
+                timings.waiting += mark.elapsed();
+                let mark = Instant::now();
+                pipeline.complete(done).await;
+                timings.complete += mark.elapsed();
+            }
+            message = receiver.recv(), if can_read => match message {
+                None => input_done = true,
+                Some(Message::Items(items)) => {
+                    timings.waiting += mark.elapsed();
+                    let mark = Instant::now();
+                    pipeline.take(items).await;
+                    timings.take += mark.elapsed();
+                }
+                Some(Message::InputFailed { input, message }) => {
+                    pipeline.log.input_error(&input, &message);
+                    tracing::error!(input = %input, error = %message, "input not read to its end");
+                    pipeline.summary.errors.push(message);
+                }
+                // No source that sends checkpoints is wired in yet (the GitHub fetch will be):
+                // keeping a cursor needs every item before it settled, which is its work.
+                Some(Message::Checkpoint(checkpoint)) => {
+                    tracing::debug!(scope = %checkpoint.scope, "checkpoint not kept: no cursor support in this pipeline yet");
+                }
+            },
+        }
+        progress.update(&pipeline.summary);
+        if matches!(pipeline.halt, Some(Halt::Signal(_))) {
+            pipeline.drain_within_grace().await;
+            break;
+        }
+    }
+    progress.finish();
+    tracing::info!(
+        take_ms = timings.take.as_millis() as u64,
+        dispatch_ms = timings.dispatch.as_millis() as u64,
+        complete_ms = timings.complete.as_millis() as u64,
+        waiting_ms = timings.waiting.as_millis() as u64,
+        "pipeline task time"
+    );
+    // Dropping the receiver tells the reader thread to stop, if it has not finished.
+    drop(receiver);
+    let _ = reader.join();
+
+    let mut summary = pipeline.finish().await;
+    summary.elapsed_seconds = started.elapsed().as_secs_f64();
+    summary.peak_rss_bytes = peak_rss_bytes();
+    Ok(summary)
+}
+
+/// Where the pipeline task spent its time (shown with -v): filtering chunks, counting and
+/// starting requests, marking, and waiting for input or answers.
+#[derive(Default)]
+struct Timings {
+    take: std::time::Duration,
+    dispatch: std::time::Duration,
+    complete: std::time::Duration,
+    waiting: std::time::Duration,
+}
+
+struct Pipeline<'a> {
+    config: &'a SendConfig,
+    ledger: Box<dyn Ledger>,
+    client: Option<Arc<Client>>,
+    log: &'a mut RunLog,
+    summary: Summary,
+    /// Planned items not yet in a request.
+    buffer: Vec<Planned>,
+    /// Keys in `buffer` or in flight: an item read twice is sent once.
+    pending_keys: FastSet<String>,
+    /// Halves of requests Datadog found too large (413) or bad (400), to send again.
+    split_queue: VecDeque<Vec<Planned>>,
+    inflight: JoinSet<Delivery>,
+    /// The items of each request in flight, by request number.
+    inflight_items: HashMap<u64, Arc<Vec<Planned>>>,
+    /// Items per point key in flight. An item whose point key is in flight waits in `deferred`
+    /// until that request has landed: Datadog keeps the last value written, so two requests
+    /// carrying one point must not race.
+    inflight_counts: FastMap<i64, u32>,
+    deferred: Vec<Planned>,
+    planner: metrics::Planner,
+    /// Number of the next request (numbers of requests split before posting are not reused).
+    next_request: u64,
+    spec: Arc<metrics::SeriesSpec>,
+    consecutive_failures: u32,
+    signals: Shutdown,
+    halt: Option<Halt>,
+    warned: u64,
+}
+
+impl Pipeline<'_> {
+    /// Stages 2-4 for one chunk of records: sort out what is not an item, filter against the
+    /// ledger, plan.
+    async fn take(&mut self, records: Vec<Validated>) {
+        let now_ms = Utc::now().timestamp_millis();
+        let now = now_ms.div_euclid(1000);
+        // Stage 2: keep each completed item (validated on the reader thread), or count why not.
+        let mut completed = Vec::with_capacity(records.len());
+        for record in records {
+            self.summary.records += 1;
+            match record {
+                Validated::Completed(item) => {
+                    if self.pending_keys.contains(item.key()) {
+                        self.summary.duplicates += 1;
+                        self.log.skip("duplicate", item.key(), None);
+                    } else {
+                        completed.push(*item);
+                    }
+                }
+                Validated::NotCompleted { key, status } => {
+                    self.summary.not_completed += 1;
+                    self.log.skip("not_completed", &key, Some(&format!("status={status}")));
+                }
+                Validated::Invalid { origin, reason } => self.invalid(&origin, &reason),
+                Validated::Fatal { origin, reason } => {
+                    self.summary.invalid += 1;
+                    self.log.invalid(&origin, &reason);
+                    self.halt = Some(Halt::Input(format!("{origin}: {reason}")));
+                    return;
+                }
+            }
+        }
+        // The same item twice in one chunk: the first stays.
+        let first: Vec<bool> = {
+            let mut seen = FastSet::with_capacity_and_hasher(completed.len(), Default::default());
+            completed.iter().map(|item| seen.insert(item.key())).collect()
+        };
+        if first.contains(&false) {
+            let mut first = first.into_iter();
+            completed.retain(|item| {
+                let keep = first.next().unwrap_or(true);
+                if !keep {
+                    self.summary.duplicates += 1;
+                    self.log.skip("duplicate", item.key(), None);
+                }
+                keep
+            });
+        }
+        if completed.is_empty() {
+            return;
+        }
+
+        // Stage 3: one ledger query for the chunk: skip what was sent or recorded before.
+        let keys: Vec<&str> = completed.iter().map(Item::key).collect();
+        let states = match self.ledger.states(&keys).await {
+            Ok(states) => states,
+            Err(error) => return self.ledger_failed(&error),
+        };
+        let max_age = i64::try_from(self.config.max_age.as_secs()).unwrap_or(i64::MAX);
+        let retry_old = self.config.historical || self.config.stamp_now;
+        let mut too_old: Vec<(Box<str>, i64)> = Vec::new();
+        for (item, state) in completed.into_iter().zip(states) {
+            match state {
+                KeyState::Sent => {
+                    self.summary.already_sent += 1;
+                    self.log.skip("already_sent", item.key(), None);
+                    continue;
+                }
+                KeyState::Dead => {
+                    self.summary.dead_before += 1;
+                    self.log.skip("dead_letter", item.key(), None);
+                    continue;
+                }
+                KeyState::SkippedTooOld if !retry_old => {
+                    self.summary.too_old_before += 1;
+                    self.log.skip("too_old_before", item.key(), None);
+                    continue;
+                }
+                KeyState::SkippedTooOld | KeyState::Unknown => {}
+            }
+            // Stage 4: place the item in Datadog's intake window.
+            let completed_at = item.completed_at();
+            let timestamp = match metrics::age(completed_at, now, max_age) {
+                Age::Fresh => completed_at,
+                Age::TooOld if self.config.historical => completed_at,
+                Age::TooOld if self.config.stamp_now => now,
+                Age::TooOld => {
+                    self.summary.too_old += 1;
+                    self.log.skip("too_old", item.key(), Some(&format!("completed_at={completed_at}")));
+                    too_old.push((item.key().into(), completed_at));
+                    continue;
+                }
+                Age::Future => {
+                    let reason = format!("completed_at {completed_at} is more than 10 minutes in the future");
+                    self.invalid(item.key(), &reason);
+                    continue;
+                }
+            };
+            self.pending_keys.insert(item.key().to_owned());
+            self.buffer.push(self.planner.plan(item, timestamp));
+        }
+        if !too_old.is_empty() {
+            let rows: Vec<SkippedItem<'_>> =
+                too_old.iter().map(|(key, completed_at)| SkippedItem { key, completed_at: *completed_at }).collect();
+            if let Err(error) = self.ledger.record_skipped(&rows, SkipReason::TooOld, now_ms).await {
+                self.ledger_failed(&error);
+            }
+        }
+    }
+
+    /// Stage 5: starts requests while there is room: split halves first, then full batches, then
+    /// (once the input is read) the rest.
+    async fn dispatch_ready(&mut self, input_done: bool) {
+        while self.halt.is_none() && self.inflight.len() < self.config.concurrency {
+            let batch = if let Some(batch) = self.split_queue.pop_front() {
+                batch
+            } else if self.buffer.len() >= self.config.batch_size || (input_done && !self.buffer.is_empty()) {
+                let take = self.buffer.len().min(self.config.batch_size);
+                self.buffer.drain(..take).collect()
+            } else {
+                return;
+            };
+            self.dispatch(batch).await;
+        }
+    }
+
+    /// Works out what earlier requests delivered to the points of one batch, and starts its
+    /// request task.
+    async fn dispatch(&mut self, batch: Vec<Planned>) {
+        let now_ms = Utc::now().timestamp_millis();
+        // Items whose point is being written by a request in flight wait for it to land, so
+        // what the ledger says was delivered to their points is complete.
+        let (items, blocked): (Vec<Planned>, Vec<Planned>) =
+            batch.into_iter().partition(|planned| !self.inflight_counts.contains_key(&planned.point_key));
+        self.deferred.extend(blocked);
+        if items.is_empty() || self.halt.is_some() {
+            return;
+        }
+        // Points are written on top of what earlier requests delivered to them (counts summed,
+        // the largest gauges), wherever those items stood in the input.
+        let points: Vec<(i64, i64)> = items.iter().map(|planned| (planned.timestamp, planned.point_key)).collect();
+        let before: FastMap<i64, SentPoint> = match self.ledger.sent_points(&points).await {
+            Ok(sent) => sent.into_iter().collect(),
+            Err(error) => return self.abandon(items, &error).await,
+        };
+        // --at-most-once: marked before the request, so a crash loses the items instead of
+        // resending them.
+        if self.config.marks_before_request() {
+            if let Err(error) = self.mark(&items, now_ms).await {
+                return self.abandon(items, &error).await;
+            }
+        }
+        for planned in &items {
+            *self.inflight_counts.entry(planned.point_key).or_default() += 1;
+        }
+        let number = self.next_request;
+        self.next_request += 1;
+        let items = Arc::new(items);
+        self.inflight_items.insert(number, items.clone());
+        let task = RequestTask {
+            number,
+            items,
+            before,
+            spec: self.spec.clone(),
+            compression: self.config.compression,
+            policy: self.config.retry.clone(),
+            client: self.client.clone(),
+            signals: self.signals.clone(),
+            log_detail: self.config.log_detail,
+        };
+        self.inflight.spawn(task.run());
+    }
+
+    /// Stage 6: a request finished (or its task failed).
+    async fn complete(&mut self, done: Result<Delivery, tokio::task::JoinError>) {
+        match done {
+            Ok(delivery) => self.complete_delivery(delivery).await,
+            // A request task panicked or was aborted: its runs are found by elimination in
+            // `drain_within_grace`/`finish`; nothing here is marked.
+            Err(error) => tracing::error!(error = %error, "request task ended abnormally"),
+        }
+    }
+
+    async fn complete_delivery(&mut self, delivery: Delivery) {
+        let Some(flight) = self.inflight_items.remove(&delivery.number) else { return };
+        // Runs that waited for a request to land may go now (first in line).
+        if !self.deferred.is_empty() {
+            let deferred = std::mem::take(&mut self.deferred);
+            self.buffer.splice(0..0, deferred);
+        }
+        for planned in flight.iter() {
+            if let Some(count) = self.inflight_counts.get_mut(&planned.point_key) {
+                *count -= 1;
+                if *count == 0 {
+                    self.inflight_counts.remove(&planned.point_key);
+                }
+            }
+        }
+        // The task has ended, so this is the last reference.
+        let runs = Arc::try_unwrap(flight).unwrap_or_else(|shared| (*shared).clone());
+        let (error, status) = match delivery.result {
+            Err(Failure::TooLarge) => {
+                if self.config.marks_before_request() {
+                    self.unmark(&runs).await;
+                }
+                return self.split_or_give_up(runs, "too large for one request").await;
+            }
+            Err(Failure::Http(error)) => (Some(error), 0),
+            Ok(status) => (None, status),
+        };
+        self.summary.requests += 1;
+        self.summary.retries += u64::from(delivery.attempts.saturating_sub(1));
+        self.log.block(&delivery.log);
+        let keys: Vec<&str> = runs.iter().map(|planned| planned.item.key()).collect();
+        let status_text = match &error {
+            Some(error) => error.status().map_or_else(|| "error".to_owned(), |status| status.to_string()),
+            None if self.config.dry_run => "dry-run".to_owned(),
+            None => status.to_string(),
+        };
+        let error_text = error.as_ref().map(ToString::to_string);
+        self.log.request(&RequestLine {
+            number: delivery.number,
+            keys: &keys,
+            raw_bytes: delivery.raw_bytes,
+            compressed_bytes: delivery.compressed_bytes,
+            status: &status_text,
+            attempts: delivery.attempts,
+            error: error_text.as_deref(),
+        });
+        drop(keys);
+        match error {
+            None => {
+                self.summary.series += delivery.series;
+                self.summary.points += delivery.points;
+                self.summary.raw_bytes += delivery.raw_bytes as u64;
+                self.summary.compressed_bytes += delivery.compressed_bytes as u64;
+                self.delivered(runs).await;
+            }
+            Some(error) => self.undelivered(runs, &error, delivery.cancelled).await,
+        }
+    }
+
+    /// Marks the runs of a confirmed request (in a dry run: in the dry run's own record).
+    async fn delivered(&mut self, runs: Vec<Planned>) {
+        self.consecutive_failures = 0;
+        if !self.config.marks_before_request() {
+            if let Err(error) = self.mark(&runs, Utc::now().timestamp_millis()).await {
+                // Datadog has the points; the next invocation resends them, identical.
+                self.summary.failed += runs.len() as u64;
+                return self.ledger_failed(&error);
+            }
+        }
+        let count = runs.len() as u64;
+        if self.config.dry_run {
+            self.summary.would_send += count;
+        } else {
+            self.summary.sent += count;
+        }
+        for planned in &runs {
+            self.pending_keys.remove(planned.item.key());
+        }
+    }
+
+    async fn mark(&mut self, items: &[Planned], now_ms: i64) -> Result<(), LedgerError> {
+        let sent: Vec<SentItem<'_>> = items
+            .iter()
+            .map(|planned| SentItem {
+                key: planned.item.key(),
+                point_key: planned.point_key,
+                timestamp: planned.timestamp,
+                gauges: planned.gauges,
+            })
+            .collect();
+        self.ledger.mark_sent(&sent, now_ms).await
+    }
+
+    async fn undelivered(&mut self, runs: Vec<Planned>, error: &DatadogError, cancelled: bool) {
+        // 400 and 413: the request itself is at fault. Halve it until the culprits stand alone:
+        // they become dead letters (400) and every other run is sent.
+        if !cancelled && matches!(error.status(), Some(400 | 413)) {
+            if self.config.marks_before_request() {
+                self.unmark(&runs).await;
+            }
+            return self.split_or_give_up(runs, &error.to_string()).await;
+        }
+        tracing::error!(error = %error, runs = runs.len(), "request failed; its runs stay unmarked");
+        self.summary.failed += runs.len() as u64;
+        self.let_go(&runs).await;
+        if cancelled {
+            return;
+        }
+        if error.is_auth() {
+            self.halt = Some(Halt::Auth(format!("Datadog rejected the API key: {error}")));
+            return;
+        }
+        self.summary.errors.push(error.to_string());
+        self.consecutive_failures += 1;
+        if self.consecutive_failures >= self.config.circuit_breaker {
+            self.halt = Some(Halt::Breaker(format!(
+                "{} consecutive requests failed after their retries; the rest is left for the next invocation",
+                self.consecutive_failures
+            )));
+        }
+    }
+
+    /// Forgets runs that were not delivered (with --at-most-once: unmarks them), so that the next
+    /// invocation sends them.
+    async fn let_go(&mut self, runs: &[Planned]) {
+        for planned in runs {
+            self.pending_keys.remove(planned.item.key());
+        }
+        if self.config.marks_before_request() {
+            self.unmark(runs).await;
+        }
+    }
+
+    async fn unmark(&mut self, runs: &[Planned]) {
+        let keys: Vec<&str> = runs.iter().map(|planned| planned.item.key()).collect();
+        if let Err(error) = self.ledger.unmark(&keys).await {
+            tracing::error!(error = %crate::error_chain(&error), "could not unmark runs whose request failed (--at-most-once): they are lost");
+        }
+    }
+
+    async fn split_or_give_up(&mut self, runs: Vec<Planned>, reason: &str) {
+        match metrics::split_in_two(runs) {
+            Ok((first, second)) => {
+                self.split_queue.push_front(second);
+                self.split_queue.push_front(first);
+            }
+            Err(runs) => {
+                // One run (or runs summed into one point) that Datadog will never take.
+                let rows: Vec<SkippedItem<'_>> = runs
+                    .iter()
+                    .map(|planned| SkippedItem { key: planned.item.key(), completed_at: planned.timestamp })
+                    .collect();
+                let result = if self.config.dry_run {
+                    Ok(())
+                } else {
+                    let dead = SkipReason::Dead { detail: reason };
+                    self.ledger.record_skipped(&rows, dead, Utc::now().timestamp_millis()).await
+                };
+                drop(rows);
+                for planned in &runs {
+                    self.log.skip("dead_letter", planned.item.key(), Some(&format!("reason={reason}")));
+                    self.pending_keys.remove(planned.item.key());
+                }
+                tracing::error!(runs = runs.len(), reason, "runs rejected by Datadog recorded as dead letters");
+                self.summary.dead_letters += runs.len() as u64;
+                if let Err(error) = result {
+                    self.ledger_failed(&error);
+                }
+            }
+        }
+    }
+
+    /// The runs of a request that could not start (ledger failure while preparing it).
+    async fn abandon(&mut self, runs: Vec<Planned>, error: &LedgerError) {
+        self.summary.failed += runs.len() as u64;
+        self.let_go(&runs).await;
+        self.ledger_failed(error);
+    }
+
+    fn stop_on_signal(&mut self, code: i32) {
+        tracing::warn!(code, "signal received: no new requests; waiting for those in flight");
+        self.log.note(&format!("note: signal received, stopping (exit code {code})"));
+        self.halt = Some(Halt::Signal(code));
+    }
+
+    /// After a signal: requests in flight get `--shutdown-grace` to finish; the rest are abandoned
+    /// unmarked.
+    async fn drain_within_grace(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
+        while !self.inflight.is_empty() {
+            match tokio::time::timeout_at(deadline, self.inflight.join_next()).await {
+                Ok(Some(done)) => self.complete(done).await,
+                Ok(None) => break,
+                Err(_) => {
+                    self.inflight.abort_all();
+                    while self.inflight.join_next().await.is_some() {}
+                    break;
+                }
+            }
+        }
+    }
+
+    fn invalid(&mut self, origin: &str, reason: &str) {
+        self.summary.invalid += 1;
+        if self.warned < WARN_LIMIT {
+            tracing::warn!(record = %origin, "skipping invalid record: {reason}");
+        }
+        self.warned += 1;
+        self.log.invalid(origin, reason);
+    }
+
+    fn ledger_failed(&mut self, error: &LedgerError) {
+        let message = crate::error_chain(error);
+        tracing::error!(error = %message, "ledger failed; stopping");
+        self.halt = Some(Halt::Ledger(message));
+    }
+
+    async fn finish(mut self) -> Summary {
+        // Runs planned or in flight but never confirmed (halted) are not sent.
+        let abandoned: Vec<Planned> = self
+            .inflight_items
+            .drain()
+            .flat_map(|(_, flight)| Arc::try_unwrap(flight).unwrap_or_else(|shared| (*shared).clone()))
+            .chain(self.split_queue.drain(..).flatten())
+            .chain(self.deferred.drain(..))
+            .chain(self.buffer.drain(..))
+            .collect();
+        self.summary.failed += abandoned.len() as u64;
+        self.let_go(&abandoned).await;
+        let summary = &mut self.summary;
+        let bad_input = summary.invalid > 0 || summary.dead_letters > 0 || !summary.errors.is_empty();
+        summary.exit_code = send_exit_code(self.halt.as_ref(), summary.failed, bad_input);
+        summary.stopped = self.halt.as_ref().map(Halt::describe);
+        self.summary
+    }
+}

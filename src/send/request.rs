@@ -1,0 +1,109 @@
+//! One Datadog request, done on a runtime worker: build the series of its items (summed on top
+//! of what earlier requests delivered), encode and compress them, format its run-log lines, post
+//! with retries. The pipeline decides what goes in it and what its outcome means.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use foldhash::HashMap as FastMap;
+
+use super::signals::Shutdown;
+use crate::cli::LogDetail;
+use crate::datadog::{self, Client, Compression, DatadogError};
+use crate::metrics::{self, Planned, SentPoint};
+use crate::model::Entity;
+use crate::retry::{self, RetryPolicy};
+use crate::runlog;
+
+/// What a request task reports back.
+pub(super) struct Delivery {
+    pub(super) number: u64,
+    pub(super) attempts: u32,
+    pub(super) result: Result<u16, Failure>,
+    /// Given up because of a shutdown signal.
+    pub(super) cancelled: bool,
+    /// The request's `send` and `series` lines for the run log.
+    pub(super) log: String,
+    pub(super) raw_bytes: usize,
+    pub(super) compressed_bytes: usize,
+    pub(super) series: u64,
+    pub(super) points: u64,
+}
+
+pub(super) enum Failure {
+    /// Over Datadog's size limits once encoded: to be split before anything is sent.
+    TooLarge,
+    Http(DatadogError),
+}
+
+/// One request's work, done on a runtime worker: build the series (counts summed on top of
+/// `before`), encode, compress, format its log lines, post with retries.
+pub(super) struct RequestTask {
+    pub(super) number: u64,
+    pub(super) items: Arc<Vec<Planned>>,
+    /// What earlier requests delivered to the points of this request.
+    pub(super) before: FastMap<i64, SentPoint>,
+    pub(super) spec: Arc<metrics::SeriesSpec>,
+    pub(super) compression: Compression,
+    pub(super) policy: RetryPolicy,
+    /// `None` in a dry run: everything but the post.
+    pub(super) client: Option<Arc<Client>>,
+    pub(super) signals: Shutdown,
+    pub(super) log_detail: LogDetail,
+}
+
+impl RequestTask {
+    pub(super) async fn run(mut self) -> Delivery {
+        let number = self.number;
+        let series =
+            self.spec.series(&self.items, &|point_key| self.before.get(&point_key).copied().unwrap_or_default());
+        let encoded = datadog::encode_compressed(&series, self.compression);
+        let (raw_bytes, compressed_bytes) = match &encoded {
+            Ok(body) => (body.raw_bytes, body.compressed.len()),
+            Err(too_large) => (too_large.raw_bytes, too_large.compressed_bytes),
+        };
+        let mut delivery = Delivery {
+            number,
+            attempts: 0,
+            result: Err(Failure::TooLarge),
+            cancelled: false,
+            log: String::new(),
+            raw_bytes,
+            compressed_bytes,
+            series: series.len() as u64,
+            points: series.iter().map(|one| one.points.len() as u64).sum(),
+        };
+        let Ok(body) = encoded else { return delivery };
+        let body = body.compressed;
+        if self.log_detail != LogDetail::Requests {
+            for planned in self.items.iter() {
+                let stamped = planned.timestamp != planned.item.completed_at();
+                runlog::format_send(&mut delivery.log, planned.item.key(), planned.timestamp, stamped);
+            }
+            if self.log_detail == LogDetail::Full {
+                for one in &series {
+                    runlog::format_series(&mut delivery.log, number, one);
+                }
+            } else {
+                let strip = metrics::family(Entity::WorkflowRun).metric_prefix(&self.spec.prefix);
+                runlog::by_tag_set(&series, |group| runlog::format_points(&mut delivery.log, number, group, &strip));
+            }
+        }
+        drop(series);
+        match self.client {
+            None => delivery.result = Ok(0),
+            Some(client) => {
+                let body = Bytes::from(body);
+                let compression = self.compression;
+                let outcome = retry::retry(&self.policy, number, "request", &mut self.signals, || {
+                    client.post_series(body.clone(), compression)
+                })
+                .await;
+                delivery.attempts = outcome.attempts;
+                delivery.result = outcome.result.map(|accepted| accepted.status).map_err(Failure::Http);
+                delivery.cancelled = outcome.cancelled;
+            }
+        }
+        delivery
+    }
+}
