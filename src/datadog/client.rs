@@ -89,14 +89,7 @@ pub fn site_url(site: &str) -> String {
 
 fn transport(url: &str, error: &reqwest::Error) -> DatadogError {
     // reqwest's Display omits the cause ("error sending request"); the chain says what happened.
-    let mut reason = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        reason.push_str(": ");
-        reason.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    DatadogError::Transport { url: url.to_owned(), reason }
+    DatadogError::Transport { url: url.to_owned(), reason: crate::error::error_chain(error) }
 }
 
 async fn status_error(url: String, response: reqwest::Response) -> DatadogError {

@@ -26,7 +26,7 @@ pub const SITES: &[&str] = &[
     "us2.ddog-gov.com",
 ];
 
-/// The API key. Its `Debug` and `Display` never show it.
+/// The API key. It has no `Display`, and its `Debug` never shows it.
 #[derive(Clone)]
 pub struct ApiKey(String);
 

@@ -139,8 +139,7 @@ impl Planner {
                 (tags, hash)
             }
         };
-        let gauges = gauges(&item);
-        Planned { item, timestamp, tags, tag_hash: hash.0, point_key: hash.at(timestamp), gauges }
+        Planned::new(item, timestamp, tags, hash)
     }
 }
 
@@ -158,10 +157,18 @@ pub struct Planned {
     pub gauges: Gauges,
 }
 
-fn gauges(item: &Item) -> Gauges {
-    match item {
-        Item::Run(run) => run::gauges(run),
+impl Planned {
+    fn new(item: Item, timestamp: i64, tags: Arc<[String]>, hash: TagSetHash) -> Planned {
+        let gauges = match &item {
+            Item::Run(run) => run::gauges(run),
+        };
+        Planned { item, timestamp, tags, tag_hash: hash.0, point_key: hash.at(timestamp), gauges }
     }
+}
+
+/// The keys of `items`, in order (for the ledger and the run log).
+pub fn keys(items: &[Planned]) -> Vec<&str> {
+    items.iter().map(|planned| planned.item.key()).collect()
 }
 
 impl SeriesSpec {
@@ -169,8 +176,7 @@ impl SeriesSpec {
     pub fn plan(&self, item: Item, timestamp: i64) -> Planned {
         let tags: Arc<[String]> = self.tags(&item).into();
         let hash = TagSetHash::new(&self.prefix, &tags);
-        let gauges = gauges(&item);
-        Planned { item, timestamp, tags, tag_hash: hash.0, point_key: hash.at(timestamp), gauges }
+        Planned::new(item, timestamp, tags, hash)
     }
 
     fn tags(&self, item: &Item) -> Vec<String> {
@@ -306,7 +312,7 @@ fn max_option(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 }
 
 /// Splits the runs of a request that came out too large into two halves, never separating runs
-/// that share a point key (their counts are summed into one point). `None` when the runs cannot
+/// that share a point key (their counts are summed into one point). `Err` gives the runs back when they cannot
 /// be split (one run, or one point key).
 pub fn split_in_two(mut runs: Vec<Planned>) -> Result<(Vec<Planned>, Vec<Planned>), Vec<Planned>> {
     if runs.len() < 2 {

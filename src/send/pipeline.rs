@@ -415,7 +415,7 @@ impl Pipeline<'_> {
         self.summary.requests += 1;
         self.summary.retries += u64::from(delivery.attempts.saturating_sub(1));
         self.log.block(&delivery.log);
-        let keys: Vec<&str> = runs.iter().map(|planned| planned.item.key()).collect();
+        let keys = metrics::keys(&runs);
         let status_text = match &error {
             Some(error) => error.status().map_or_else(|| "error".to_owned(), |status| status.to_string()),
             None if self.config.dry_run => "dry-run".to_owned(),
@@ -519,7 +519,7 @@ impl Pipeline<'_> {
     }
 
     async fn unmark(&mut self, runs: &[Planned]) {
-        let keys: Vec<&str> = runs.iter().map(|planned| planned.item.key()).collect();
+        let keys = metrics::keys(runs);
         if let Err(error) = self.ledger.unmark(&keys).await {
             tracing::error!(error = %crate::error_chain(&error), "could not unmark runs whose request failed (--at-most-once): they are lost");
         }

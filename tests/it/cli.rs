@@ -104,10 +104,32 @@ fn broken_ledger_exits_4() {
     assert!(intake.requests().is_empty());
     // A ledger from a newer binary is refused too, untouched.
     std::fs::remove_file(env.ledger()).unwrap();
-    rusqlite::Connection::open(env.ledger()).unwrap().pragma_update(None, "user_version", 7).unwrap();
+    // (Made by this binary, then stamped as a later schema: `user_version` is the big-endian
+    // 32-bit number at offset 60 of SQLite's file header.)
+    env.command(["ledger", "dead"]).run().expect_code(0);
+    let mut bytes = std::fs::read(env.ledger()).unwrap();
+    bytes[60..64].copy_from_slice(&99u32.to_be_bytes());
+    std::fs::write(env.ledger(), &bytes).unwrap();
     let out = env.send(&intake).arg(&file).run();
     out.expect_code(4);
     assert!(out.stderr.contains("newer"), "{}", out.stderr);
+    assert_eq!(std::fs::read(env.ledger()).unwrap(), bytes, "the newer ledger was changed");
+    // Reading it is refused the same way.
+    let out = env.command(["ledger", "list"]).run();
+    out.expect_code(4);
+    assert!(out.stderr.contains("newer"), "{}", out.stderr);
+}
+
+#[test]
+fn ledger_list_and_verify_read_without_creating() {
+    let env = Env::new();
+    let out = env.command(["ledger", "list"]).run();
+    out.expect_code(0);
+    assert!(out.stdout.is_empty() && out.stderr.contains("0 key(s)"), "{}", out.stderr);
+    let out = env.command(["ledger", "verify"]).run();
+    out.expect_code(4);
+    assert!(out.stderr.contains("there is no ledger at") && out.stderr.contains("metrics.db"), "{}", out.stderr);
+    assert!(!env.ledger().exists(), "reading created a ledger");
 }
 
 #[test]

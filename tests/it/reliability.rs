@@ -41,12 +41,6 @@ fn accepted_set(intake: &Intake) -> BTreeSet<String> {
     accepted_branches(intake).into_keys().collect()
 }
 
-fn integrity_ok(env: &Env) {
-    let connection = rusqlite::Connection::open(env.ledger()).unwrap();
-    let result: String = connection.query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
-    assert_eq!(result, "ok");
-}
-
 fn spawn(env: &Env, intake: &Intake, args: &[&str]) -> Child {
     Command::new(BIN)
         .current_dir(env.dir.path())
@@ -234,7 +228,7 @@ fn kill_9_at_random_moments_loses_no_run() {
         let status = child.wait().unwrap();
         intake.clear_hook();
         assert!(status.code().is_none() || status.code() == Some(0), "round {round}: {status:?}");
-        integrity_ok(&env);
+        env.ledger_is_consistent();
     }
     // Run to completion.
     let out = env.send(&intake).arg(&file).args(args).run();
@@ -249,7 +243,7 @@ fn kill_9_at_random_moments_loses_no_run() {
         by_branch.entry(branch).or_default().push((point.timestamp, point.value.to_bits()));
     }
     assert!(by_branch.values().all(|points| points.windows(2).all(|w| w[0] == w[1])));
-    integrity_ok(&env);
+    env.ledger_is_consistent();
 }
 
 // 7. Overlapping invocations share one ledger without sending a run twice.
@@ -284,7 +278,7 @@ fn a_crashed_invocation_leaves_nothing_stuck() {
     // The kernel released its lock: the next invocation starts at once and sends everything.
     env.send(&intake).arg(&file).args(["--lock-timeout", "0"]).run().expect_code(0);
     assert_eq!(accepted_set(&intake), branches);
-    integrity_ok(&env);
+    env.ledger_is_consistent();
 }
 
 #[test]

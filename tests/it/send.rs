@@ -225,10 +225,70 @@ fn batches_respect_batch_size_and_keep_colliding_runs_together() {
     let intake = Intake::start();
     let file = env.file("many.json", fixtures::rest_page(&specs, now).to_string());
     env.send(&intake).arg(&file).args(["--batch-size", "4", "--compression", "gzip"]).run().expect_code(0);
-    assert!(intake.requests().len() >= 7);
+    // Every request carries at most 4 runs, and together they carry each run once.
+    let log = &env.logs()[0];
+    let sizes: Vec<usize> = log
+        .lines()
+        .filter(|line| line.starts_with("request "))
+        .map(|line| line.split(" runs=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(sizes.len() >= 7 && sizes.iter().all(|runs| (1..=4).contains(runs)), "{sizes:?}");
+    assert_eq!(sizes.iter().sum::<usize>(), 25);
+    assert_eq!(intake.requests().len(), sizes.len());
     assert!(intake.requests().iter().all(|r| r.encoding.as_deref() == Some("gzip")));
-    assert_eq!(intake.total(TOTAL), 25.0);
+    // Runs sharing a point (branch and completion second) add up there, whichever requests
+    // carried them: each stored count is the size of its group.
+    let mut groups = std::collections::BTreeMap::<(String, i64), f64>::new();
+    for s in &specs {
+        *groups.entry((format!("branch:{}", s.branch), s.completed_at(now))).or_default() += 1.0;
+    }
+    let stored: std::collections::BTreeMap<(String, i64), f64> = intake
+        .stored()
+        .into_iter()
+        .filter(|p| p.metric == TOTAL)
+        .map(|p| ((p.tags.iter().find(|t| t.starts_with("branch:")).unwrap().clone(), p.timestamp), p.value))
+        .collect();
+    assert_eq!(stored, groups);
     assert_eq!(env.sent_keys().len(), 25);
+}
+
+#[test]
+fn colliding_gauges_keep_the_largest_value_whatever_the_input_order() {
+    let now = fixtures::now();
+    // Three runs of one point (same tags, same completion second), far apart in the input, with
+    // other runs between them: they go out in different requests. Datadog keeps the last value
+    // written, so each request must carry the largest duration seen for the point so far.
+    let collide = |id: u64, duration: i64| fixtures::Spec { duration, ..spec(id).ago(200) };
+    let mut specs = vec![collide(1, 900)];
+    specs.extend((10..30).map(|id| spec(id).branch("dev").ago(100 + id as i64)));
+    specs.push(collide(2, 100));
+    specs.extend((30..50).map(|id| spec(id).branch("dev").ago(100 + id as i64)));
+    specs.push(collide(3, 300));
+    let env = Env::new();
+    let intake = Intake::start();
+    let file = env.file("apart.ndjson", fixtures::ndjson(&specs, now));
+    env.send(&intake).arg(&file).args(["--batch-size", "5", "--concurrency", "1"]).run().expect_code(0);
+    let point = |metric: &str| {
+        let stored: Vec<_> = intake
+            .stored()
+            .into_iter()
+            .filter(|p| p.metric == metric && p.timestamp == now - 200 && p.tags.contains(&"branch:main".to_owned()))
+            .collect();
+        assert_eq!(stored.len(), 1, "{metric}: {stored:?}");
+        stored[0].value
+    };
+    // The three runs went out in three requests.
+    let carrying: Vec<_> =
+        intake.accepted().into_iter().filter(|p| p.metric == TOTAL && p.timestamp == now - 200).collect();
+    assert_eq!(carrying.len(), 3, "{carrying:?}");
+    assert_eq!(point(TOTAL), 3.0);
+    assert_eq!(point("github.actions.workflow_run.duration_second"), 900.0);
+    assert_eq!(point("github.actions.workflow_run.queued_duration_second"), 15.0);
+    // And across invocations: a fourth, shorter run of the same point keeps 900.
+    let later = env.file("later.json", fixtures::rest_page(&[collide(4, 50)], now).to_string());
+    env.send(&intake).arg(&later).run().expect_code(0);
+    assert_eq!(point(TOTAL), 4.0);
+    assert_eq!(point("github.actions.workflow_run.duration_second"), 900.0);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use crate::support::fixtures::{self, spec, Spec};
-use crate::support::{shared_examples, Env, Intake};
+use crate::support::{shared, Env, Intake};
 
 const TOTAL: &str = "github.actions.workflow_run.total";
 
@@ -155,12 +155,7 @@ fn not_a_recognised_shape_names_file_position_and_shapes() {
 /// years old: with --historical they are sent with their real timestamps.
 #[test]
 fn real_github_payloads_from_shared() {
-    let Some(dir) = shared_examples() else {
-        eprintln!(
-            "SKIPPED real_github_payloads_from_shared: ../shared/github/examples is not present beside the project"
-        );
-        return;
-    };
+    let dir = shared("github/examples");
     // file name → run keys that must be sent (completed runs), none for queued runs.
     let expected: &[(&str, &[&str])] = &[
         ("rest_run_github_openapi_example_workflow-run_queued.json", &[]),
@@ -200,10 +195,7 @@ fn real_github_payloads_from_shared() {
 
 #[test]
 fn real_payload_values_match_github() {
-    let Some(dir) = shared_examples() else {
-        eprintln!("SKIPPED real_payload_values_match_github: ../shared/github/examples is not present");
-        return;
-    };
+    let dir = shared("github/examples");
     let env = Env::new();
     let intake = Intake::start();
     let path = dir.join("webhook_octokit_completed_repository_dispatch_empty_name.json");
@@ -234,10 +226,6 @@ fn real_payload_values_match_github() {
 /// The stand-in validates against a copy of Datadog's schema: it must stay the one in ../shared.
 #[test]
 fn schema_copy_matches_shared() {
-    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datadog/v2-series.schema.json");
-    let Ok(shared) = std::fs::read_to_string(&shared) else {
-        eprintln!("SKIPPED schema_copy_matches_shared: ../shared/datadog is not present beside the project");
-        return;
-    };
-    assert_eq!(include_str!("../data/v2-series.schema.json"), shared);
+    let copy = std::fs::read_to_string(shared("datadog").join("v2-series.schema.json")).unwrap();
+    assert_eq!(include_str!("../data/v2-series.schema.json"), copy);
 }

@@ -58,22 +58,24 @@ impl Env {
         paths.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
     }
 
-    /// Rows of `sent_metrics` (run keys), sorted.
+    /// The keys the ledger holds as sent, sorted, as `workflow-metrics ledger list` prints them.
     pub fn sent_keys(&self) -> Vec<String> {
-        self.query_keys("SELECT run_key FROM sent_metrics ORDER BY run_key")
+        self.ledger_keys("sent")
     }
 
     pub fn too_old_keys(&self) -> Vec<String> {
-        self.query_keys("SELECT run_key FROM skipped_runs WHERE reason = 'too_old' ORDER BY run_key")
+        self.ledger_keys("too-old")
     }
 
-    fn query_keys(&self, sql: &str) -> Vec<String> {
-        if !self.ledger().exists() {
-            return vec![];
-        }
-        let connection = rusqlite::Connection::open(self.ledger()).unwrap();
-        let mut statement = connection.prepare(sql).unwrap();
-        statement.query_map([], |row| row.get(0)).unwrap().map(Result::unwrap).collect()
+    fn ledger_keys(&self, state: &str) -> Vec<String> {
+        let out = self.command(["ledger", "list", "--state", state]).run();
+        out.expect_code(0);
+        out.stdout.lines().map(str::to_owned).collect()
+    }
+
+    /// `workflow-metrics ledger verify` passes (SQLite's integrity check).
+    pub fn ledger_is_consistent(&self) {
+        self.command(["ledger", "verify"]).run().expect_code(0);
     }
 }
 
@@ -138,7 +140,7 @@ impl<'e> Run<'e> {
             let ledger = self.env.ledger();
             let log_dir = self.env.log_dir();
             let is_send = self.args.first().is_some_and(|a| a == "send");
-            if self.args.first().is_some_and(|a| a == "send" || a == "check") {
+            if self.args.first().is_some_and(|a| a == "send" || a == "check" || a == "ledger") {
                 command.arg("--ledger").arg(ledger);
             }
             if is_send {
@@ -188,8 +190,14 @@ pub fn kill(pid: u32, signal: &str) {
     assert!(status.success() || signal == "-9");
 }
 
-/// `../shared/github/examples` of the workspace, when it is there (as in CI).
-pub fn shared_examples() -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/github/examples");
-    path.is_dir().then_some(path)
+/// A folder of the workspace's `../shared` (real GitHub payloads, Datadog's spec). The tests that
+/// read it fail when it is missing instead of passing without their data.
+pub fn shared(folder: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared").join(folder);
+    assert!(
+        path.is_dir(),
+        "{} is missing: these tests read the real payloads and the spec in the workspace's shared/ folder beside the project",
+        path.display()
+    );
+    path
 }
