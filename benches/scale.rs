@@ -478,7 +478,7 @@ fn floor(path: &Path) -> Floor {
     let mut sink = |record: Record| {
         if let Record::Run(raw) = record {
             if let Validated::Completed(item) = validate_run(&raw, None) {
-                runs.push(*item);
+                runs.push(item);
             }
         }
         Ok(())

@@ -19,8 +19,8 @@ fuzz_target!(|data: &[u8]| {
                 let key = item.key();
                 assert!(key.contains('/') && key.matches(':').count() >= 2, "{key}");
                 let timestamp = item.completed_at();
-                let cached = planner.plan((*item).clone(), timestamp);
-                assert_eq!(cached, spec.plan(*item, timestamp));
+                let cached = planner.plan(item.clone(), timestamp);
+                assert_eq!(cached, spec.plan(item, timestamp));
                 planned.push(cached);
             }
         }

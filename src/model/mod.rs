@@ -79,7 +79,7 @@ impl Item {
 /// What validation makes of one raw record.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Validated {
-    Completed(Box<Item>),
+    Completed(Item),
     /// Queued, in progress, waiting...: not sent, not marked, so a later pass sends it.
     NotCompleted {
         key: String,

@@ -261,7 +261,7 @@ fn validate_inner(raw: &RawRun, default_repo: Option<&(String, String)>) -> Resu
         conclusion: &conclusion,
         branch: branch.as_deref(),
     });
-    Ok(Validated::Completed(Box::new(Item::Run(Run {
+    Ok(Validated::Completed(Item::Run(Run {
         text,
         ends,
         has_branch: branch.is_some(),
@@ -271,7 +271,7 @@ fn validate_inner(raw: &RawRun, default_repo: Option<&(String, String)>) -> Resu
         completed_at: completed_ms.div_euclid(1000),
         duration_seconds,
         queued_seconds,
-    }))))
+    })))
 }
 
 /// The ledger key of one attempt of one run: `owner/repo:run_id:attempt`.
@@ -475,7 +475,7 @@ pub(crate) mod testing {
     /// The run `fields` validate into; panics if they do not.
     pub(crate) fn completed_run(fields: &[(&str, Scalar)]) -> Run {
         match validate_run(&raw(fields), None) {
-            Validated::Completed(item) => match *item {
+            Validated::Completed(item) => match item {
                 Item::Run(run) => run,
             },
             other => panic!("not a completed run: {other:?}"),
@@ -491,7 +491,7 @@ mod tests {
     fn check(fields: &[(&str, Scalar)], expected: &str) {
         let actual = match validate_run(&raw(fields), None) {
             Validated::Completed(item) => {
-                let Item::Run(run) = *item;
+                let Item::Run(run) = item;
                 format!(
                     "{} {} wf={} id={:?} ev={} br={:?} at={} dur={:?} q={:?}",
                     run.key(),
