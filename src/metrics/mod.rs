@@ -155,6 +155,9 @@ pub struct Planned {
     /// Identity of the item's points (prefix, tags, timestamp): items sharing it are summed.
     pub point_key: i64,
     pub gauges: Gauges,
+    /// The pipeline's chunk the item came in (it holds a source's checkpoint until all its
+    /// items are settled); 0 outside a pipeline.
+    pub chunk: u64,
 }
 
 impl Planned {
@@ -162,7 +165,7 @@ impl Planned {
         let gauges = match &item {
             Item::Run(run) => run::gauges(run),
         };
-        Planned { item, timestamp, tags, tag_hash: hash.0, point_key: hash.at(timestamp), gauges }
+        Planned { item, timestamp, tags, tag_hash: hash.0, point_key: hash.at(timestamp), gauges, chunk: 0 }
     }
 }
 

@@ -1,11 +1,12 @@
 //! The `send` command: the pipeline and what stands beside it. `pipeline` decides, `request`
 //! does one Datadog request, `summary` counts, `progress` draws, `signals` listens.
 
+mod checkpoints;
 mod pipeline;
 mod progress;
 mod request;
 mod signals;
 mod summary;
 
-pub use pipeline::send;
+pub use pipeline::{send, send_from};
 pub use summary::Summary;

@@ -23,6 +23,7 @@ use foldhash::{HashMap as FastMap, HashSet as FastSet};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::checkpoints::Checkpoints;
 use super::progress::Progress;
 use super::request::{Delivery, Failure, RequestTask};
 use super::signals::{self, Shutdown};
@@ -39,12 +40,26 @@ use crate::source::{self, FileSource, Message, Source};
 /// Invalid records reported on stderr one by one before they are only counted.
 const WARN_LIMIT: u64 = 10;
 
-/// Runs the whole `send`: reads, filters, converts, posts, marks, logs.
+/// Runs the whole `send` over the inputs of `config`: reads, filters, converts, posts, marks, logs.
 ///
 /// # Errors
 /// Only what happens before the pipeline starts (ledger cannot be opened, client cannot be built);
 /// later problems are counted in the returned summary.
 pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crate::Error> {
+    let sources: Vec<Box<dyn Source>> =
+        vec![Box::new(FileSource::new(config.inputs.clone(), config.default_repo.clone()))];
+    send_from(config, log, sources).await
+}
+
+/// As [`send`], over the given sources instead of the inputs of `config`.
+///
+/// # Errors
+/// As [`send`].
+pub async fn send_from(
+    config: &SendConfig,
+    log: &mut RunLog,
+    sources: Vec<Box<dyn Source>>,
+) -> Result<Summary, crate::Error> {
     let started = Instant::now();
     // Stage 0: open the ledger (a dry run reads it and writes only to memory or its own record),
     // the client (none in a dry run), and listen for SIGINT/SIGTERM.
@@ -68,6 +83,7 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
         summary: Summary { dry_run: config.dry_run, ..Summary::default() },
         buffer: Vec::new(),
         pending_keys: PendingKeys::default(),
+        checkpoints: Checkpoints::default(),
         split_queue: VecDeque::new(),
         inflight: JoinSet::new(),
         inflight_items: HashMap::new(),
@@ -84,8 +100,6 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
 
     // Stage 1: read the sources on their own thread, in bounded chunks of validated items.
     let (sender, mut receiver) = mpsc::channel::<Message>(4);
-    let sources: Vec<Box<dyn Source>> =
-        vec![Box::new(FileSource::new(config.inputs.clone(), config.default_repo.clone()))];
     let total_bytes = sources.iter().map(|source| source.size()).sum();
     let mut progress = Progress::new(config.progress, total_bytes);
     let reader = source::spawn_reader(sources, progress.bytes_read.clone(), sender);
@@ -131,10 +145,10 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
                     tracing::error!(input = %input, error = %message, "input not read to its end");
                     pipeline.summary.errors.push(message);
                 }
-                // No source that sends checkpoints is wired in yet (the GitHub fetch will be):
-                // keeping a cursor needs every item before it settled, which is its work.
+                // Kept as a cursor once every item read before it is settled.
                 Some(Message::Checkpoint(checkpoint)) => {
-                    tracing::debug!(scope = %checkpoint.scope, "checkpoint not kept: no cursor support in this pipeline yet");
+                    pipeline.checkpoints.checkpoint(checkpoint);
+                    pipeline.save_cursors().await;
                 }
             },
         }
@@ -182,6 +196,8 @@ struct Pipeline<'a> {
     buffer: Vec<Planned>,
     /// Keys in `buffer` or in flight: an item read twice is sent once.
     pending_keys: PendingKeys,
+    /// Sources' checkpoints waiting for the items before them to settle.
+    checkpoints: Checkpoints,
     /// Halves of requests Datadog found too large (413) or bad (400), to send again.
     split_queue: VecDeque<Vec<Planned>>,
     inflight: JoinSet<Delivery>,
@@ -208,6 +224,7 @@ impl Pipeline<'_> {
     async fn take(&mut self, records: Vec<Validated>) {
         let now_ms = Utc::now().timestamp_millis();
         let now = now_ms.div_euclid(1000);
+        let chunk = self.checkpoints.chunk_started();
         // Stage 2: keep each completed item (validated on the reader thread), or count why not.
         let mut completed = Vec::with_capacity(records.len());
         for record in records {
@@ -301,7 +318,10 @@ impl Pipeline<'_> {
                 }
             };
             self.pending_keys.insert(item.key());
-            self.buffer.push(self.planner.plan(item, timestamp));
+            let mut planned = self.planner.plan(item, timestamp);
+            planned.chunk = chunk;
+            self.checkpoints.add(chunk);
+            self.buffer.push(planned);
         }
         if !too_old.is_empty() {
             let rows: Vec<SkippedItem<'_>> =
@@ -462,6 +482,23 @@ impl Pipeline<'_> {
         }
         for planned in &runs {
             self.pending_keys.remove(planned.item.key());
+            self.checkpoints.settle(planned.chunk);
+        }
+        self.save_cursors().await;
+    }
+
+    /// Saves the cursors of the checkpoints whose items are all settled (in a dry run, in its
+    /// own record). Nothing after a halt: what the halt cut short is not settled.
+    async fn save_cursors(&mut self) {
+        if self.halt.is_some() {
+            return;
+        }
+        let now_ms = Utc::now().timestamp_millis();
+        for checkpoint in self.checkpoints.ready() {
+            if let Err(error) = self.ledger.save_cursor(&checkpoint.scope, &checkpoint.cursor, now_ms).await {
+                return self.ledger_failed(&error);
+            }
+            self.log.note(&format!("cursor {} {}", checkpoint.scope, checkpoint.cursor));
         }
     }
 
@@ -547,11 +584,15 @@ impl Pipeline<'_> {
                 for planned in &runs {
                     self.log.skip("dead_letter", planned.item.key(), Some(&format!("reason={reason}")));
                     self.pending_keys.remove(planned.item.key());
+                    if result.is_ok() {
+                        self.checkpoints.settle(planned.chunk);
+                    }
                 }
                 tracing::error!(runs = runs.len(), reason, "runs rejected by Datadog recorded as dead letters");
                 self.summary.dead_letters += runs.len() as u64;
-                if let Err(error) = result {
-                    self.ledger_failed(&error);
+                match result {
+                    Ok(()) => self.save_cursors().await,
+                    Err(error) => self.ledger_failed(&error),
                 }
             }
         }
@@ -646,5 +687,88 @@ impl PendingKeys {
 
     fn remove(&mut self, key: &str) {
         self.0.remove(&Self::hash(key));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pipeline with sources that send checkpoints (the file source sends none).
+    use std::sync::atomic::AtomicU64;
+
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use crate::ledger::SqliteLedger;
+    use crate::model::testing::{completed, raw, with};
+    use crate::model::{validate_run, Scalar};
+    use crate::source::{Checkpoint, SourceEvent, Stop};
+
+    /// Hands over the events it was given, in order.
+    struct Script(Vec<SourceEvent>);
+
+    impl Source for Script {
+        fn describe(&self) -> Vec<String> {
+            vec!["script".into()]
+        }
+
+        fn size(&self) -> Option<u64> {
+            None
+        }
+
+        fn run(&mut self, _: &AtomicU64, emit: &mut dyn FnMut(SourceEvent) -> Result<(), Stop>) {
+            for event in self.0.drain(..) {
+                if emit(event).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn run(id: u64) -> SourceEvent {
+        SourceEvent::Item(validate_run(&raw(&with(completed(), "id", Scalar::UInt(id))), None))
+    }
+
+    fn checkpoint(cursor: &str) -> SourceEvent {
+        SourceEvent::Checkpoint(Checkpoint { scope: "octo-org/repo".into(), cursor: cursor.into() })
+    }
+
+    async fn send_script(dir: &std::path::Path, args: &[&str], events: Vec<SourceEvent>) -> Summary {
+        let ledger = dir.join("ledger.db");
+        let log_dir = dir.join("log");
+        let mut argv = vec!["workflow-metrics", "send", "--historical", "--ledger", ledger.to_str().unwrap()];
+        argv.extend(["--log-dir", log_dir.to_str().unwrap(), "--retry-delay-ms", "1", "--max-attempts", "1"]);
+        argv.extend(args);
+        argv.push("never-read.json");
+        let Command::Send(args) = Cli::try_parse_from(argv).unwrap().command else { unreachable!() };
+        let config = SendConfig::from_args(args).unwrap();
+        let mut log = RunLog::create(&config.log_dir, Utc::now()).unwrap();
+        send_from(&config, &mut log, vec![Box::new(Script(events))]).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_keeps_the_cursor_of_every_settled_checkpoint_in_its_own_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("record.db");
+        let events = vec![checkpoint("0"), run(1), run(2), checkpoint("2"), run(3), checkpoint("3")];
+        let summary =
+            send_script(dir.path(), &["--dry-run", "--dry-run-record", record.to_str().unwrap()], events).await;
+        assert_eq!(summary.would_send, 3);
+        let mut record = SqliteLedger::open(&record, std::time::Duration::ZERO).unwrap();
+        assert_eq!(record.cursor("octo-org/repo").await.unwrap().as_deref(), Some("3"));
+        assert!(!dir.path().join("ledger.db").exists(), "a dry run wrote the real ledger");
+    }
+
+    #[tokio::test]
+    async fn a_cursor_never_moves_past_an_item_that_was_not_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "test-key").unwrap();
+        // Nothing listens on port 1: the request fails, its run stays unsent.
+        let args = ["--api-key-file", key.to_str().unwrap(), "--api-url", "http://127.0.0.1:1"];
+        let summary = send_script(dir.path(), &args, vec![checkpoint("0"), run(1), checkpoint("1")]).await;
+        assert_eq!((summary.sent, summary.failed), (0, 1));
+        let mut ledger = SqliteLedger::open(&dir.path().join("ledger.db"), std::time::Duration::ZERO).unwrap();
+        assert_eq!(ledger.cursor("octo-org/repo").await.unwrap().as_deref(), Some("0"));
     }
 }
