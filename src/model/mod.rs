@@ -2,8 +2,9 @@
 //! validated, one file per entity. Pure: no I/O, no clock, no wire types.
 //!
 //! The pipeline handles [`Item`]s, keyed units of series: a workflow run today, a job or a step
-//! tomorrow. An item's ledger key names its entity ([`Entity::of_key`]), so one ledger holds
-//! them all apart.
+//! tomorrow. Each item is tagged with its [`Entity`]; ledger keys of entities added after runs
+//! carry their kind as a segment after the repository (`owner/repo:<kind>:...`), so one ledger
+//! holds them all apart and the first ledgers' run keys stay valid.
 
 mod run;
 mod scalar;
@@ -32,13 +33,6 @@ impl Entity {
         match self {
             Entity::WorkflowRun => "workflow_run",
         }
-    }
-
-    /// The entity a ledger key belongs to. Keys of entities added later carry their kind as a
-    /// segment after the repository (`owner/repo:<kind>:...`); a run key has none.
-    pub fn of_key(key: &str) -> Entity {
-        let _ = key;
-        Entity::WorkflowRun
     }
 }
 

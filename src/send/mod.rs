@@ -2,6 +2,7 @@
 //! does one Datadog request, `summary` counts, `progress` draws, `signals` listens.
 
 mod checkpoints;
+mod pending;
 mod pipeline;
 mod progress;
 mod request;
@@ -10,3 +11,6 @@ mod summary;
 
 pub use pipeline::{send, send_from};
 pub use summary::Summary;
+
+#[cfg(test)]
+mod tests;

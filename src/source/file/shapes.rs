@@ -29,15 +29,8 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_, '_, '_> {
         f.write_str("a JSON object or array")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let mut index = 0;
-        loop {
-            let position = Position::Element { parent: &self.position, index };
-            if seq.next_element_seed(ValueSeed { context: self.context, position })?.is_none() {
-                return Ok(());
-            }
-            index += 1;
-        }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        visit_elements(self.context, &self.position, seq)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
@@ -316,6 +309,22 @@ fn merge_repository(inner: &mut Option<RepoRef>, outer: Option<RepoRef>) {
     }
 }
 
+/// Each element of an array, as a value of its own (emitted as soon as it is read).
+fn visit_elements<'de, A: SeqAccess<'de>>(
+    context: &mut Context<'_, '_>,
+    parent: &Position<'_>,
+    mut seq: A,
+) -> Result<(), A::Error> {
+    let mut index = 0;
+    loop {
+        let position = Position::Element { parent, index };
+        if seq.next_element_seed(ValueSeed { context: &mut *context, position })?.is_none() {
+            return Ok(());
+        }
+        index += 1;
+    }
+}
+
 /// The `workflow_runs` array of a list body: each element is emitted as it is read.
 struct RunListSeed<'c, 'a, 'b, 'p> {
     context: &'c mut Context<'a, 'b>,
@@ -334,15 +343,8 @@ impl<'de> Visitor<'de> for RunListSeed<'_, '_, '_, '_> {
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an array of workflow runs")
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let mut index = 0;
-        loop {
-            let position = Position::Element { parent: &self.position, index };
-            if seq.next_element_seed(ValueSeed { context: self.context, position })?.is_none() {
-                return Ok(());
-            }
-            index += 1;
-        }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        visit_elements(self.context, &self.position, seq)
     }
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
         Ok(())
