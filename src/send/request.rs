@@ -76,6 +76,10 @@ impl RequestTask {
         let Ok(body) = encoded else { return delivery };
         let body = body.compressed;
         if self.log_detail != LogDetail::Requests {
+            // Sized once from the body (the series lines take about what its JSON takes, the
+            // compact ones a third), not grown by doubling: these are megabytes per request.
+            let series_bytes = if self.log_detail == LogDetail::Full { raw_bytes } else { raw_bytes / 3 };
+            delivery.log.reserve(series_bytes + self.items.len() * 64);
             for planned in self.items.iter() {
                 let stamped = planned.timestamp != planned.item.completed_at();
                 runlog::format_send(&mut delivery.log, planned.item.key(), planned.timestamp, stamped);
