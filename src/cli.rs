@@ -77,7 +77,7 @@ pub struct SendArgs {
     /// Files of workflow runs, or - for standard input. The shape is detected from the content:
     /// REST list bodies (also as gh api --paginate [--slurp] prints them), run objects, arrays,
     /// NDJSON, the workflow_run event payload, a github context dump, gh run list/view --json rows.
-    /// Without INPUT, the file named by $GITHUB_EVENT_PATH is read.
+    /// Without INPUT (and without --github), the file named by $GITHUB_EVENT_PATH is read.
     #[arg(value_name = "INPUT")]
     pub inputs: Vec<String>,
 
@@ -101,6 +101,31 @@ pub struct SendArgs {
     /// Extra tag on every series, key:value (repeatable).
     #[arg(long = "tag", value_name = "KEY:VALUE")]
     pub tags: Vec<String>,
+
+    /// Fetch the runs of this repository from GitHub's API (repeatable): incremental, with a
+    /// cursor per repository in the ledger. The token comes from GITHUB_TOKEN, else GH_TOKEN,
+    /// else --github-token-file, and needs `actions: read`.
+    #[arg(long = "github", value_name = "OWNER/REPO")]
+    pub github: Vec<String>,
+
+    /// GitHub's API root (GitHub Enterprise Server: https://HOST/api/v3); else GITHUB_API_URL,
+    /// else https://api.github.com.
+    #[arg(long, value_name = "URL")]
+    pub github_api_url: Option<String>,
+
+    /// Read the GitHub token from this file when neither GITHUB_TOKEN nor GH_TOKEN is set.
+    #[arg(long, value_name = "PATH")]
+    pub github_token_file: Option<PathBuf>,
+
+    /// With --github: where a repository without a cursor starts, as a duration back from now
+    /// (45m, 6h, 30d) or a date (2026-11-01, or RFC 3339). Default: --max-age.
+    #[arg(long, value_name = "DURATION|DATE")]
+    pub since: Option<String>,
+
+    /// With --github: the longest wait, in seconds, for a spent rate limit to reset before
+    /// stopping (the cursor stays, the next invocation goes on).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub github_max_wait: u64,
 
     /// Repository (owner/name) of gh run list rows that carry no url.
     #[arg(long, value_name = "OWNER/NAME")]

@@ -11,6 +11,7 @@ use crate::ledger::Location;
 use crate::metrics::{self, SeriesSpec};
 use crate::model;
 use crate::retry::RetryPolicy;
+use crate::source::github::GithubToken;
 use crate::source::Input;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +32,24 @@ pub enum ConfigError {
     UnknownSite { site: String },
     #[error("--api-url {url:?} is not an http:// or https:// URL")]
     ApiUrl { url: String },
-    #[error("no INPUT given and GITHUB_EVENT_PATH is not set: name files of workflow runs, or - for standard input")]
+    #[error("no INPUT given and GITHUB_EVENT_PATH is not set: name files of workflow runs, - for standard input, or --github OWNER/REPO")]
     NoInput,
+    #[error("--github {value:?} is not owner/name")]
+    GithubRepo { value: String },
+    #[error("no GitHub token for --github: set GITHUB_TOKEN or GH_TOKEN, or pass --github-token-file PATH (a token with `actions: read`)")]
+    MissingGithubToken,
+    #[error("cannot read the GitHub token file {path}")]
+    GithubTokenFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the GitHub token file {path} is empty")]
+    EmptyGithubTokenFile { path: PathBuf },
+    #[error("--github-api-url {url:?} is not an http:// or https:// URL")]
+    GithubApiUrl { url: String },
+    #[error("--since {value:?} is neither a duration (45m, 6h, 30d) nor a date (2026-11-01, RFC 3339)")]
+    Since { value: String },
     #[error("standard input (-) can be read only once")]
     StdinTwice,
     #[error("--repo {value:?} is not owner/name")]
@@ -72,6 +89,8 @@ pub struct SendConfig {
     pub api_key: Option<ApiKey>,
     pub spec: SeriesSpec,
     pub default_repo: Option<(String, String)>,
+    /// `--github`: runs fetched from GitHub's API.
+    pub github: Option<GithubConfig>,
     pub max_age: Duration,
     pub historical: bool,
     pub stamp_now: bool,
@@ -97,6 +116,18 @@ impl SendConfig {
     }
 }
 
+/// Where and how to fetch runs from GitHub.
+#[derive(Debug)]
+pub struct GithubConfig {
+    /// `(owner, name)`.
+    pub repos: Vec<(String, String)>,
+    pub api_url: String,
+    pub token: GithubToken,
+    /// Where a repository without a cursor starts, unix seconds.
+    pub since: i64,
+    pub max_wait: Duration,
+}
+
 #[derive(Debug)]
 pub struct CheckConfig {
     pub ledger: Location,
@@ -113,7 +144,11 @@ impl SendConfig {
         let api_key = if args.dry_run { None } else { Some(api_key(&args.common)?) };
         #[allow(clippy::disallowed_methods, reason = "config is where the environment is read")]
         let event_path = std::env::var_os("GITHUB_EVENT_PATH").map(PathBuf::from);
-        let inputs = inputs(&args.inputs, event_path)?;
+        let inputs = if args.inputs.is_empty() && !args.github.is_empty() {
+            Vec::new()
+        } else {
+            inputs(&args.inputs, event_path)?
+        };
         let default_repo = match &args.repo {
             Some(value) => {
                 Some(model::split_full_name(value).ok_or_else(|| ConfigError::Repo { value: value.clone() })?)
@@ -125,6 +160,7 @@ impl SendConfig {
         let max_age = parse_duration(&args.max_age)
             .filter(|age| *age <= Duration::from_secs(3600))
             .ok_or_else(|| ConfigError::MaxAge { value: args.max_age.clone() })?;
+        let github = github(&args, max_age)?;
         if !(1..=100_000).contains(&args.batch_size) {
             return Err(ConfigError::BatchSize);
         }
@@ -151,6 +187,7 @@ impl SendConfig {
             api_key,
             spec: SeriesSpec { prefix, extra_tags },
             default_repo,
+            github,
             max_age,
             historical: args.historical,
             stamp_now: args.stamp_now,
@@ -223,6 +260,62 @@ fn api_key(common: &CommonArgs) -> Result<ApiKey, ConfigError> {
         Ok(key) if !key.trim().is_empty() => Ok(ApiKey::new(key.trim().to_owned())),
         _ => Err(ConfigError::MissingApiKey),
     }
+}
+
+fn github(args: &SendArgs, max_age: Duration) -> Result<Option<GithubConfig>, ConfigError> {
+    if args.github.is_empty() {
+        return Ok(None);
+    }
+    let repos = args
+        .github
+        .iter()
+        .map(|value| model::split_full_name(value).ok_or_else(|| ConfigError::GithubRepo { value: value.clone() }))
+        .collect::<Result<Vec<_>, _>>()?;
+    #[allow(clippy::disallowed_methods, reason = "config is where the environment is read")]
+    let variable = |name: &str| std::env::var(name).ok().filter(|value| !value.trim().is_empty());
+    let api_url = match args.github_api_url.clone().or_else(|| variable("GITHUB_API_URL")) {
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => url.trim_end_matches('/').to_owned(),
+        Some(url) => return Err(ConfigError::GithubApiUrl { url }),
+        None => "https://api.github.com".to_owned(),
+    };
+    let token = if let Some(token) = variable("GITHUB_TOKEN") {
+        GithubToken::new(token.trim().to_owned(), "GITHUB_TOKEN".into())
+    } else if let Some(token) = variable("GH_TOKEN") {
+        GithubToken::new(token.trim().to_owned(), "GH_TOKEN".into())
+    } else if let Some(path) = &args.github_token_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::GithubTokenFile { path: path.clone(), source })?;
+        if text.trim().is_empty() {
+            return Err(ConfigError::EmptyGithubTokenFile { path: path.clone() });
+        }
+        GithubToken::new(text.trim().to_owned(), path.display().to_string())
+    } else {
+        return Err(ConfigError::MissingGithubToken);
+    };
+    let now = chrono::Utc::now().timestamp();
+    let since = match &args.since {
+        None => now - i64::try_from(max_age.as_secs()).unwrap_or(0),
+        Some(value) => since(value, now).ok_or_else(|| ConfigError::Since { value: value.clone() })?,
+    };
+    Ok(Some(GithubConfig { repos, api_url, token, since, max_wait: Duration::from_secs(args.github_max_wait) }))
+}
+
+/// `--since`: a duration back from `now` (with `d` for days too), or a date.
+fn since(value: &str, now: i64) -> Option<i64> {
+    let value = value.trim();
+    if let Some(days) = value.strip_suffix('d').and_then(|days| days.parse::<i64>().ok()) {
+        return days.checked_mul(86_400).map(|seconds| now - seconds);
+    }
+    if let Some(duration) = parse_duration(value) {
+        return i64::try_from(duration.as_secs()).ok().map(|seconds| now - seconds);
+    }
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(value) {
+        return Some(time.timestamp());
+    }
+    chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d")
+        .ok()
+        .and_then(|date| date.and_hms_opt(0, 0, 0))
+        .map(|time| time.and_utc().timestamp())
 }
 
 fn read_key_file(path: &Path) -> Result<ApiKey, ConfigError> {
@@ -304,6 +397,16 @@ mod tests {
         assert!(prefix("github.actions").is_ok());
         assert!(prefix("9x").is_err());
         assert!(prefix("a b").is_err());
+    }
+
+    #[test]
+    fn since_takes_durations_and_dates() {
+        let now = 1_800_000_000;
+        assert_eq!(since("30d", now), Some(now - 30 * 86_400));
+        assert_eq!(since("6h", now), Some(now - 6 * 3600));
+        assert_eq!(since("2026-11-01", now), Some(1_793_491_200));
+        assert_eq!(since("2026-11-01T12:00:00+01:00", now), Some(1_793_530_800));
+        assert_eq!(since("yesterday", now), None);
     }
 
     #[test]

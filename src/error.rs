@@ -35,6 +35,8 @@ pub enum Halt {
     Breaker(String),
     /// SIGINT (130) or SIGTERM (143).
     Signal(i32),
+    /// A source cannot work as configured (GitHub rejected the token).
+    Config(String),
 }
 
 impl Halt {
@@ -45,22 +47,26 @@ impl Halt {
             Halt::Ledger(_) => exit_code::LEDGER,
             Halt::Input(_) => exit_code::INPUT,
             Halt::Breaker(_) => exit_code::PARTIAL,
+            Halt::Config(_) => exit_code::USAGE,
         }
     }
 
     /// What the summary says of it.
     pub fn describe(&self) -> String {
         match self {
-            Halt::Auth(message) | Halt::Ledger(message) | Halt::Input(message) | Halt::Breaker(message) => {
-                message.clone()
-            }
+            Halt::Auth(message)
+            | Halt::Ledger(message)
+            | Halt::Input(message)
+            | Halt::Breaker(message)
+            | Halt::Config(message) => message.clone(),
             Halt::Signal(code) => format!("signal (exit code {code})"),
         }
     }
 }
 
 /// The exit code of a `send`. When several apply, the first wins: why it halted (signal, key,
-/// ledger, input, breaker), then items not sent (1), then bad input or dead letters (3).
+/// ledger, input, breaker, source configuration), then items not sent or not fetched (1), then
+/// bad input or dead letters (3).
 pub fn send_exit_code(halt: Option<&Halt>, not_sent: u64, bad_input: bool) -> i32 {
     match halt {
         Some(halt) => halt.exit_code(),
@@ -82,6 +88,9 @@ pub enum Error {
     Datadog(#[from] DatadogError),
     #[error(transparent)]
     RunLog(#[from] RunLogError),
+    /// A source could not be set up (its HTTP client).
+    #[error("{0}")]
+    Source(String),
 }
 
 impl Error {
@@ -92,6 +101,7 @@ impl Error {
             Error::Datadog(error) if error.is_auth() => exit_code::AUTH,
             Error::Datadog(_) => exit_code::PARTIAL,
             Error::RunLog(_) => exit_code::USAGE,
+            Error::Source(_) => exit_code::USAGE,
         }
     }
 }

@@ -36,6 +36,7 @@ use crate::ledger::{self, KeyState, Ledger, LedgerError, SentItem, SkipReason, S
 use crate::metrics::{self, Age, Planned, SentPoint};
 use crate::model::{Item, Validated};
 use crate::runlog::{RequestLine, RunLog};
+use crate::source::github::{GithubClient, GithubSource};
 use crate::source::{self, FileSource, Message, Source};
 
 /// Invalid records reported on stderr one by one before they are only counted.
@@ -47,8 +48,16 @@ const WARN_LIMIT: u64 = 10;
 /// Only what happens before the pipeline starts (ledger cannot be opened, client cannot be built);
 /// later problems are counted in the returned summary.
 pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crate::Error> {
-    let sources: Vec<Box<dyn Source>> =
-        vec![Box::new(FileSource::new(config.inputs.clone(), config.default_repo.clone()))];
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    if !config.inputs.is_empty() {
+        sources.push(Box::new(FileSource::new(config.inputs.clone(), config.default_repo.clone())));
+    }
+    if let Some(github) = &config.github {
+        let client =
+            GithubClient::new(&github.api_url, github.token.clone(), config.endpoint.request_timeout, github.max_wait)
+                .map_err(|error| crate::Error::Source(error.to_string()))?;
+        sources.push(Box::new(GithubSource::new(client, github.repos.clone(), github.since, config.retry.clone())));
+    }
     send_from(config, log, sources).await
 }
 
@@ -59,16 +68,26 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
 pub async fn send_from(
     config: &SendConfig,
     log: &mut RunLog,
-    sources: Vec<Box<dyn Source>>,
+    mut sources: Vec<Box<dyn Source>>,
 ) -> Result<Summary, crate::Error> {
     let started = Instant::now();
     // Stage 0: open the ledger (a dry run reads it and writes only to memory or its own record),
     // the client (none in a dry run), and listen for SIGINT/SIGTERM.
-    let ledger = if config.dry_run {
+    let mut ledger = if config.dry_run {
         ledger::open_dry_run(&config.ledger, config.dry_run_record.as_deref())?
     } else {
         ledger::open(&config.ledger, config.lock_timeout)?
     };
+    // Sources that keep cursors resume from what the ledger kept (a dry run: its record first).
+    for source in &mut sources {
+        let mut cursors = HashMap::new();
+        for scope in source.scopes() {
+            if let Some(cursor) = ledger.cursor(&scope).await? {
+                cursors.insert(scope, cursor);
+            }
+        }
+        source.resume(cursors);
+    }
     let client = match &config.api_key {
         Some(key) if !config.dry_run => {
             Some(Arc::new(Client::new(&config.endpoint.base_url, key.clone(), config.endpoint.request_timeout)?))
@@ -146,6 +165,17 @@ pub async fn send_from(
                     tracing::error!(input = %input, error = %message, "input not read to its end");
                     pipeline.summary.errors.push(message);
                 }
+                // What it did not yield is fetched next time: not sent, so exit 1.
+                Some(Message::Unavailable { input, message }) => {
+                    pipeline.log.input_error(&input, &message);
+                    tracing::error!(input = %input, error = %message, "source unavailable");
+                    pipeline.summary.unavailable += 1;
+                    pipeline.summary.errors.push(message);
+                }
+                Some(Message::Fatal { input, message }) => {
+                    pipeline.log.input_error(&input, &message);
+                    pipeline.halt = Some(Halt::Config(message));
+                }
                 // Kept as a cursor once every item read before it is settled.
                 Some(Message::Checkpoint(checkpoint)) => {
                     pipeline.checkpoints.checkpoint(checkpoint);
@@ -169,7 +199,12 @@ pub async fn send_from(
     );
     // Dropping the receiver tells the reader thread to stop, if it has not finished.
     drop(receiver);
-    let _ = reader.join();
+    if reader.join().is_err() {
+        // A panic on the reader thread: what it did not hand over is not sent, and saying
+        // "everything sent" would be a lie.
+        pipeline.summary.unavailable += 1;
+        pipeline.summary.errors.push("reading the inputs stopped unexpectedly (a bug: see stderr)".to_owned());
+    }
 
     let mut summary = pipeline.finish().await;
     summary.elapsed_seconds = started.elapsed().as_secs_f64();
@@ -658,7 +693,7 @@ impl Pipeline<'_> {
         self.let_go(&abandoned).await;
         let summary = &mut self.summary;
         let bad_input = summary.invalid > 0 || summary.dead_letters > 0 || !summary.errors.is_empty();
-        summary.exit_code = send_exit_code(self.halt.as_ref(), summary.failed, bad_input);
+        summary.exit_code = send_exit_code(self.halt.as_ref(), summary.failed + summary.unavailable, bad_input);
         summary.stopped = self.halt.as_ref().map(Halt::describe);
         self.summary
     }

@@ -36,6 +36,9 @@ pub struct Summary {
     pub dead_before: u64,
     /// Records that are not valid runs (skipped, reported).
     pub invalid: u64,
+    /// Remote sources (GitHub repositories) that could not be fetched to the end: what they did
+    /// not yield is fetched by the next invocation.
+    pub unavailable: u64,
     /// Inputs that could not be read to their end, and other errors, one message each.
     pub errors: Vec<String>,
     /// Why the invocation stopped early, if it did.

@@ -7,6 +7,7 @@
 //! Sources run on their own thread ([`spawn_reader`]): reading and validation are pure work that
 //! costs as much as the rest of the pipeline, so they run beside it, handing over bounded chunks.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -17,6 +18,7 @@ use tokio::sync::mpsc;
 use crate::model::Validated;
 
 pub mod file;
+pub mod github;
 
 pub use file::{FileSource, SourceError, Stop};
 
@@ -25,6 +27,8 @@ pub use file::{FileSource, SourceError, Stop};
 pub enum Input {
     Stdin,
     File(PathBuf),
+    /// A response body (a page of GitHub's API), named for messages.
+    Remote(String),
 }
 
 impl Input {
@@ -42,6 +46,7 @@ impl fmt::Display for Input {
         match self {
             Input::Stdin => f.write_str("<stdin>"),
             Input::File(path) => write!(f, "{}", path.display()),
+            Input::Remote(name) => f.write_str(name),
         }
     }
 }
@@ -53,6 +58,11 @@ pub enum SourceEvent {
     Item(Validated),
     /// An input could not be read to its end; what it yielded before stays yielded.
     InputFailed { input: String, message: String },
+    /// A remote source could not be reached or would not answer (after its retries): what it
+    /// did not yield is fetched by a later invocation.
+    Unavailable { input: String, message: String },
+    /// The source cannot work as configured (a rejected token): the invocation stops.
+    Fatal { input: String, message: String },
     /// Everything of `scope` up to `cursor` has been yielded: once all items before this event
     /// are settled (sent, recorded as skipped, or dead-lettered), the ledger may keep the cursor.
     Checkpoint(Checkpoint),
@@ -72,6 +82,14 @@ pub trait Source: Send {
     fn describe(&self) -> Vec<String>;
     /// Bytes it will read, if known (the progress bar's ETA).
     fn size(&self) -> Option<u64>;
+    /// The cursor scopes it resumes from (none for files).
+    fn scopes(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// The cursors the ledger kept for [`Source::scopes`], before [`Source::run`].
+    fn resume(&mut self, cursors: HashMap<String, String>) {
+        let _ = cursors;
+    }
     fn run(&mut self, bytes_read: &AtomicU64, emit: &mut dyn FnMut(SourceEvent) -> Result<(), Stop>);
 }
 
@@ -83,6 +101,14 @@ pub enum Message {
     /// Validated records, up to [`CHUNK`] of them.
     Items(Vec<Validated>),
     InputFailed {
+        input: String,
+        message: String,
+    },
+    Unavailable {
+        input: String,
+        message: String,
+    },
+    Fatal {
         input: String,
         message: String,
     },
@@ -112,6 +138,14 @@ pub fn spawn_reader(
                     SourceEvent::InputFailed { input, message } => {
                         flush(&mut chunk, &sender)?;
                         Message::InputFailed { input, message }
+                    }
+                    SourceEvent::Unavailable { input, message } => {
+                        flush(&mut chunk, &sender)?;
+                        Message::Unavailable { input, message }
+                    }
+                    SourceEvent::Fatal { input, message } => {
+                        flush(&mut chunk, &sender)?;
+                        Message::Fatal { input, message }
                     }
                     SourceEvent::Checkpoint(checkpoint) => {
                         flush(&mut chunk, &sender)?;

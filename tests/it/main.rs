@@ -2,6 +2,7 @@
 //! Datadog's intake on 127.0.0.1. One test binary (matklad's "Delete Cargo Integration Tests").
 
 mod cli;
+mod github;
 mod hostile;
 mod reliability;
 mod send;

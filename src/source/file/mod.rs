@@ -145,6 +145,8 @@ pub fn read_input_counted(
 ) -> Result<ReadStats, SourceError> {
     match input {
         Input::Stdin => read_from(input, Counted { inner: io::stdin().lock(), bytes_read }, sink),
+        // Response bodies are read with `read_from`; there is nothing to open.
+        Input::Remote(_) => Err(SourceError::Directory { input: input.clone() }),
         Input::File(path) => {
             let file = open_file(input, path)?;
             read_from(input, Counted { inner: file, bytes_read }, sink)
@@ -155,7 +157,7 @@ pub fn read_input_counted(
 /// The size of an input, if it is a file.
 pub fn input_size(input: &Input) -> Option<u64> {
     match input {
-        Input::Stdin => None,
+        Input::Stdin | Input::Remote(_) => None,
         Input::File(path) => std::fs::metadata(path).ok().filter(|m| m.is_file()).map(|m| m.len()),
     }
 }

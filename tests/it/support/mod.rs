@@ -1,6 +1,7 @@
 //! Test helpers: the stand-in intake, a builder that runs the real binary, and run fixtures.
 
 pub mod fixtures;
+pub mod github;
 pub mod intake;
 
 use std::io::Write;
@@ -147,7 +148,9 @@ impl<'e> Run<'e> {
                 command.arg("--log-dir").arg(log_dir);
             }
         }
-        for name in ["DD_API_KEY", "DD_SITE", "GITHUB_EVENT_PATH", "RUST_LOG"] {
+        for name in
+            ["DD_API_KEY", "DD_SITE", "GITHUB_EVENT_PATH", "RUST_LOG", "GITHUB_TOKEN", "GH_TOKEN", "GITHUB_API_URL"]
+        {
             command.env_remove(name);
         }
         command.envs(self.vars.iter().map(|(k, v)| (k, v)));

@@ -1,0 +1,277 @@
+//! The HTTP client for GitHub's REST API: the token, the headers GitHub asks of API clients,
+//! conditional requests (`If-None-Match`, `304 Not Modified` costs no quota), `Link` paging, and
+//! the primary and secondary rate limits. The only module besides `datadog` that knows HTTP; it
+//! shares nothing with the Datadog client but the [`Retriable`] seam.
+//!
+//! Requests go one at a time, as GitHub asks of API clients.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+use crate::retry::Retriable;
+
+/// A GitHub token. It has no `Display`, and its `Debug` never shows it.
+#[derive(Clone)]
+pub struct GithubToken {
+    token: String,
+    /// Where it came from (`GITHUB_TOKEN`, `GH_TOKEN` or the file), for messages.
+    pub origin: String,
+}
+
+impl GithubToken {
+    pub fn new(token: String, origin: String) -> GithubToken {
+        GithubToken { token, origin }
+    }
+}
+
+impl std::fmt::Debug for GithubToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GithubToken(<redacted>, from {})", self.origin)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GithubError {
+    #[error("failed to build the HTTP client for GitHub")]
+    Client(#[source] reqwest::Error),
+    #[error("request to {url} failed: {reason}")]
+    Transport { url: String, reason: String },
+    #[error("GitHub rejected the token from {origin} ({status} at {url}): it needs read access to Actions (`actions: read`) on the repository")]
+    Token { url: String, status: u16, origin: String },
+    #[error("GitHub's rate limit for this token is spent until {reset} (more than --github-max-wait away); the cursor stays where it was")]
+    RateLimited { reset: DateTime<Utc> },
+    #[error("GitHub answered {status} at {url}: {body}")]
+    Status { url: String, status: u16, body: String, retry_after: Option<Duration> },
+}
+
+impl Retriable for GithubError {
+    /// Timeouts and connection errors, 5xx, and the secondary rate limit (429, or 403 saying
+    /// so); never a rejected token or a spent primary limit.
+    fn is_retriable(&self) -> bool {
+        match self {
+            GithubError::Transport { .. } => true,
+            GithubError::Status { status, body, retry_after, .. } => {
+                *status >= 500 || *status == 429 || (*status == 403 && (retry_after.is_some() || is_secondary(body)))
+            }
+            GithubError::Client(_) | GithubError::Token { .. } | GithubError::RateLimited { .. } => false,
+        }
+    }
+
+    /// `retry-after`, or for a secondary limit without one, a minute, as GitHub asks.
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GithubError::Status { retry_after: Some(wait), .. } => Some(*wait),
+            GithubError::Status { status: 403 | 429, body, .. } if is_secondary(body) => Some(Duration::from_secs(60)),
+            _ => None,
+        }
+    }
+}
+
+fn is_secondary(body: &str) -> bool {
+    body.to_ascii_lowercase().contains("secondary rate limit")
+}
+
+/// One answer: a page of results, or `304` for an unchanged one.
+#[derive(Debug)]
+pub struct Page {
+    /// 200, or 304 (then `body` is empty).
+    pub status: u16,
+    pub body: Bytes,
+    pub etag: Option<String>,
+    /// The `Link` header's `rel="next"`.
+    pub next: Option<String>,
+}
+
+/// What the client did, for the summary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub requests: u64,
+    pub not_modified: u64,
+}
+
+pub struct GithubClient {
+    http: reqwest::Client,
+    api_url: String,
+    token: GithubToken,
+    /// How long to wait for a spent primary limit to reset before giving up.
+    max_wait: Duration,
+    /// The quota left and its reset, from the last answer.
+    limit: Mutex<Option<(u64, DateTime<Utc>)>>,
+    requests: AtomicU64,
+    not_modified: AtomicU64,
+}
+
+impl GithubClient {
+    /// # Errors
+    /// The TLS backend cannot be initialised.
+    pub fn new(
+        api_url: &str,
+        token: GithubToken,
+        timeout: Duration,
+        max_wait: Duration,
+    ) -> Result<GithubClient, GithubError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("workflow-metrics/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(GithubError::Client)?;
+        Ok(GithubClient {
+            http,
+            api_url: api_url.trim_end_matches('/').to_owned(),
+            token,
+            max_wait,
+            limit: Mutex::new(None),
+            requests: AtomicU64::new(0),
+            not_modified: AtomicU64::new(0),
+        })
+    }
+
+    /// `{api}/{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.api_url, path.trim_start_matches('/'))
+    }
+
+    pub fn usage(&self) -> Usage {
+        Usage {
+            requests: self.requests.load(Ordering::Relaxed),
+            not_modified: self.not_modified.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The quota left and when it resets, as GitHub said last.
+    pub fn quota(&self) -> Option<(u64, DateTime<Utc>)> {
+        *self.limit.lock().expect("the quota lock is never held across a panic")
+    }
+
+    /// One GET, conditional when `etag` is given. Waits for a spent primary rate limit to reset
+    /// if that is within `--github-max-wait`.
+    ///
+    /// # Errors
+    /// A transport failure, a rejected token, a spent rate limit, or any other status.
+    pub async fn get(&self, url: &str, etag: Option<&str>) -> Result<Page, GithubError> {
+        self.wait_for_quota().await?;
+        let mut request = self
+            .http
+            .get(url)
+            .bearer_auth(&self.token.token)
+            .header(reqwest::header::ACCEPT, "application/vnd.github+json")
+            .header("X-GitHub-Api-Version", "2022-11-28");
+        if let Some(etag) = etag {
+            request = request.header(reqwest::header::IF_NONE_MATCH, etag);
+        }
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let response = request.send().await.map_err(|error| GithubError::Transport {
+            url: url.to_owned(),
+            reason: crate::error::error_chain(&error),
+        })?;
+        let headers = response.headers();
+        let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok()).map(str::trim);
+        let remaining = header("x-ratelimit-remaining").and_then(|value| value.parse::<u64>().ok());
+        let reset = header("x-ratelimit-reset")
+            .and_then(|value| value.parse::<i64>().ok())
+            .and_then(|seconds| DateTime::from_timestamp(seconds, 0));
+        if let (Some(remaining), Some(reset)) = (remaining, reset) {
+            *self.limit.lock().expect("the quota lock is never held across a panic") = Some((remaining, reset));
+        }
+        let retry_after = header("retry-after").and_then(|value| value.parse::<u64>().ok()).map(Duration::from_secs);
+        let etag = header("etag").map(str::to_owned);
+        let next = header("link").and_then(next_link);
+        let status = response.status().as_u16();
+        match status {
+            200..=299 => {
+                let body = response.bytes().await.map_err(|error| GithubError::Transport {
+                    url: url.to_owned(),
+                    reason: crate::error::error_chain(&error),
+                })?;
+                Ok(Page { status, body, etag, next })
+            }
+            304 => {
+                self.not_modified.fetch_add(1, Ordering::Relaxed);
+                Ok(Page { status, body: Bytes::new(), etag, next: None })
+            }
+            401 => Err(GithubError::Token { url: url.to_owned(), status, origin: self.token.origin.clone() }),
+            403 | 429 if remaining == Some(0) && retry_after.is_none() => {
+                // The primary limit ran out under us: wait for it as before any request.
+                Err(GithubError::RateLimited { reset: reset.unwrap_or_else(Utc::now) })
+            }
+            _ => {
+                let body = response.text().await.unwrap_or_default();
+                let mut body = body.trim().to_owned();
+                if let Some((index, _)) = body.char_indices().nth(300) {
+                    body.truncate(index);
+                }
+                Err(GithubError::Status { url: url.to_owned(), status, body, retry_after })
+            }
+        }
+    }
+
+    /// Before a request: if the last answer said the quota is spent, wait for its reset when it
+    /// is near enough, else give up saying when it resets.
+    async fn wait_for_quota(&self) -> Result<(), GithubError> {
+        let Some((0, reset)) = self.quota() else { return Ok(()) };
+        let wait = (reset - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        if wait > self.max_wait {
+            return Err(GithubError::RateLimited { reset });
+        }
+        tracing::warn!(reset = %reset, wait_s = wait.as_secs(), "GitHub's rate limit is spent; waiting for it to reset");
+        tokio::time::sleep(wait + Duration::from_secs(1)).await;
+        *self.limit.lock().expect("the quota lock is never held across a panic") = None;
+        Ok(())
+    }
+}
+
+/// The `rel="next"` URL of a `Link` header: `<url>; rel="next", <url>; rel="last"`.
+fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let (url, params) = part.split_once(';')?;
+        let is_next = params.split(';').any(|param| param.trim() == "rel=\"next\"");
+        is_next.then(|| url.trim().trim_start_matches('<').trim_end_matches('>').to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_links_are_read_from_the_header_not_built() {
+        let header = "<https://api.github.com/repositories/1/actions/runs?page=2&per_page=100>; rel=\"next\", \
+                      <https://api.github.com/repositories/1/actions/runs?page=9&per_page=100>; rel=\"last\"";
+        assert_eq!(
+            next_link(header).as_deref(),
+            Some("https://api.github.com/repositories/1/actions/runs?page=2&per_page=100")
+        );
+        assert_eq!(next_link("<https://x/?page=1>; rel=\"prev\", <https://x/?page=1>; rel=\"first\""), None);
+    }
+
+    #[test]
+    fn secondary_limits_are_retried_after_a_minute_at_least_and_tokens_never() {
+        let status = |status: u16, body: &str, retry_after: Option<u64>| GithubError::Status {
+            url: "u".into(),
+            status,
+            body: body.into(),
+            retry_after: retry_after.map(Duration::from_secs),
+        };
+        let secondary = status(403, "You have exceeded a secondary rate limit", None);
+        assert!(secondary.is_retriable());
+        assert_eq!(secondary.retry_after(), Some(Duration::from_secs(60)));
+        assert_eq!(status(429, "", Some(7)).retry_after(), Some(Duration::from_secs(7)));
+        assert!(status(502, "", None).is_retriable());
+        assert!(!status(403, "Resource not accessible by integration", None).is_retriable());
+        assert!(!status(404, "", None).is_retriable());
+        let token = GithubError::Token { url: "u".into(), status: 401, origin: "GITHUB_TOKEN".into() };
+        assert!(!token.is_retriable());
+        assert!(token.to_string().contains("GITHUB_TOKEN") && token.to_string().contains("actions: read"));
+    }
+
+    #[test]
+    fn the_token_never_prints() {
+        let token = GithubToken::new("ghp_secret".into(), "GH_TOKEN".into());
+        assert!(!format!("{token:?}").contains("ghp_secret"));
+    }
+}

@@ -1,0 +1,309 @@
+//! Runs fetched from GitHub's REST API itself (`send --github OWNER/REPO`), incrementally.
+//!
+//! Each repository keeps a cursor (its scope is `github:owner/repo`): `low`, the creation time
+//! from which the next pass lists runs, and the `ETag` of that listing. A pass lists
+//! `GET /repos/{o}/{r}/actions/runs?created=>=low` newest first, following the `Link` header,
+//! and yields every run to the pipeline (which skips what its ledger already has). The next `low`
+//! is the creation time of the oldest run still queued or in progress, else of the newest run
+//! seen: so a run that stays in progress for days is listed again on every pass until it
+//! completes, and then sent once; an idle repository's listing is the same URL as before, and
+//! GitHub answers its `If-None-Match` with a `304` that costs no quota.
+//!
+//! GitHub returns at most 1,000 results for a query with a `created` filter, whatever
+//! `total_count` says: a listing that holds more is split into time ranges, halved until each
+//! holds at most 1,000.
+//!
+//! The cursor is handed to the pipeline as a checkpoint after the repository's runs: it is
+//! saved only once every run yielded before it is sent, recorded or dead-lettered, so a crash or
+//! a failed request leaves the old cursor and the next pass lists those runs again.
+//!
+//! Re-runs: a new attempt keeps its run's creation time, so it is seen when that time is at or
+//! after `low`, which stays at the oldest unfinished run; a re-run of a run older than that is
+//! not listed again: the `workflow_run` event path (`on: workflow_run`) sends every attempt.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::file::{read_from, Record};
+use super::{Checkpoint, Input, Source, SourceEvent, Stop};
+use crate::model::{validate_run, Validated};
+use crate::retry::{self, RetryPolicy};
+
+mod client;
+
+pub use client::{GithubClient, GithubError, GithubToken, Usage};
+
+/// GitHub's cap on the results of a query that uses the `created` filter.
+const RESULT_CAP: u64 = 1000;
+
+/// Where a repository's next pass starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Cursor {
+    /// Unix seconds: runs created at or after this are listed.
+    low: i64,
+    /// The `ETag` of the listing from `low`, when the last pass ended with the same `low`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    etag: Option<String>,
+}
+
+/// The runs of one or more repositories, from GitHub.
+pub struct GithubSource {
+    client: GithubClient,
+    /// `(owner, name)`, as given.
+    repos: Vec<(String, String)>,
+    /// Where a repository without a cursor starts (`--since`), unix seconds.
+    since: i64,
+    policy: RetryPolicy,
+    cursors: HashMap<String, String>,
+}
+
+impl GithubSource {
+    pub fn new(client: GithubClient, repos: Vec<(String, String)>, since: i64, policy: RetryPolicy) -> GithubSource {
+        GithubSource { client, repos, since, policy, cursors: HashMap::new() }
+    }
+}
+
+/// The cursor scope of a repository.
+pub fn scope(owner: &str, name: &str) -> String {
+    format!("github:{}/{}", owner.to_lowercase(), name.to_lowercase())
+}
+
+impl Source for GithubSource {
+    fn describe(&self) -> Vec<String> {
+        self.repos.iter().map(|(owner, name)| scope(owner, name)).collect()
+    }
+
+    fn size(&self) -> Option<u64> {
+        None
+    }
+
+    fn scopes(&self) -> Vec<String> {
+        self.describe()
+    }
+
+    fn resume(&mut self, cursors: HashMap<String, String>) {
+        self.cursors = cursors;
+    }
+
+    fn run(&mut self, _: &AtomicU64, emit: &mut dyn FnMut(SourceEvent) -> Result<(), Stop>) {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                let _ = emit(SourceEvent::Unavailable { input: "github".into(), message: error.to_string() });
+                return;
+            }
+        };
+        // Shutdown reaches this thread as the pipeline going away (`Stop`), not as a signal.
+        let (_never, mut shutdown) = watch::channel(None);
+        {
+            for (owner, name) in self.repos.clone() {
+                let scope = scope(&owner, &name);
+                let pass = Pass {
+                    source: self,
+                    runtime: &runtime,
+                    owner: &owner,
+                    name: &name,
+                    scope: &scope,
+                    shutdown: &mut shutdown,
+                };
+                match pass.run(emit) {
+                    Ok(()) => {}
+                    Err(Ended::Stopped) => return,
+                    Err(Ended::Failed(error)) => {
+                        let whole_source = matches!(error, GithubError::Token { .. } | GithubError::RateLimited { .. });
+                        let message = crate::error::error_chain(&error);
+                        let event = if matches!(error, GithubError::Token { .. }) {
+                            SourceEvent::Fatal { input: scope.clone(), message }
+                        } else {
+                            SourceEvent::Unavailable { input: scope.clone(), message }
+                        };
+                        if emit(event).is_err() || whole_source {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why a pass over a repository ended early.
+enum Ended {
+    /// The pipeline has gone.
+    Stopped,
+    Failed(GithubError),
+}
+
+impl From<Stop> for Ended {
+    fn from(_: Stop) -> Ended {
+        Ended::Stopped
+    }
+}
+
+/// The oldest unfinished and the newest run a pass has seen, by creation time.
+#[derive(Default)]
+struct Seen {
+    oldest_unfinished: Option<i64>,
+    newest: Option<i64>,
+}
+
+/// One pass over one repository. HTTP runs on `runtime`; items are handed over outside it (the
+/// reader's channel blocks, which a runtime's thread must not).
+struct Pass<'a> {
+    source: &'a GithubSource,
+    runtime: &'a tokio::runtime::Runtime,
+    owner: &'a str,
+    name: &'a str,
+    scope: &'a str,
+    shutdown: &'a mut watch::Receiver<Option<i32>>,
+}
+
+impl Pass<'_> {
+    fn run(mut self, emit: &mut dyn FnMut(SourceEvent) -> Result<(), Stop>) -> Result<(), Ended> {
+        let cursor = self
+            .source
+            .cursors
+            .get(self.scope)
+            .and_then(|text| serde_json::from_str::<Cursor>(text).ok())
+            .unwrap_or(Cursor { low: self.source.since, etag: None });
+        let now = Utc::now().timestamp();
+        let first = self.fetch(&self.listing(&format!(">={}", iso(cursor.low))), cursor.etag.as_deref())?;
+        if first.status == 304 {
+            // Nothing changed since the last pass: the cursor stands.
+            return Ok(());
+        }
+        let total = total_count(&first.body);
+        let mut seen = Seen::default();
+        let etag = first.etag.clone();
+        if total <= RESULT_CAP {
+            self.page_through(first, &mut seen, emit)?;
+        } else {
+            // Over GitHub's cap: halve the time range until each part holds at most 1,000 runs.
+            let mut ranges = vec![(cursor.low, now)];
+            while let Some((from, to)) = ranges.pop() {
+                let page = self.fetch(&self.listing(&format!("{}..{}", iso(from), iso(to))), None)?;
+                if total_count(&page.body) > RESULT_CAP && to > from {
+                    let middle = from + (to - from) / 2;
+                    ranges.push((middle + 1, to));
+                    ranges.push((from, middle));
+                    continue;
+                }
+                self.page_through(page, &mut seen, emit)?;
+            }
+        }
+        let low = seen.oldest_unfinished.or(seen.newest).unwrap_or(cursor.low).max(cursor.low);
+        // The ETag belongs to the listing from `low`: keep it only if `low` stays.
+        let etag = etag.filter(|_| low == cursor.low && total <= RESULT_CAP);
+        let next = Cursor { low, etag };
+        if next != cursor {
+            let cursor = serde_json::to_string(&next).expect("a cursor serialises: a number and a string");
+            emit(SourceEvent::Checkpoint(Checkpoint { scope: self.scope.to_owned(), cursor }))?;
+        }
+        Ok(())
+    }
+
+    /// The runs listing URL with a `created` filter, newest first, 100 a page.
+    fn listing(&self, created: &str) -> String {
+        let created: String = created.replace('>', "%3E").replace('=', "%3D").replace(':', "%3A");
+        self.source.client.url(&format!(
+            "repos/{}/{}/actions/runs?per_page=100&exclude_pull_requests=true&created={created}",
+            self.owner, self.name
+        ))
+    }
+
+    /// One GET, retried as GitHub's answers allow.
+    fn fetch(&mut self, url: &str, etag: Option<&str>) -> Result<client::Page, Ended> {
+        let client = &self.source.client;
+        let outcome =
+            self.runtime.block_on(retry::retry(&self.source.policy, 0, "GitHub request", self.shutdown, || {
+                client.get(url, etag)
+            }));
+        outcome.result.map_err(Ended::Failed)
+    }
+
+    /// Yields the runs of `page` and of the pages after it (`Link: rel="next"`).
+    fn page_through(
+        &mut self,
+        mut page: client::Page,
+        seen: &mut Seen,
+        emit: &mut dyn FnMut(SourceEvent) -> Result<(), Stop>,
+    ) -> Result<(), Ended> {
+        let mut number = 1;
+        loop {
+            let label = Input::Remote(format!("{} page {number}", self.scope));
+            let mut sink = |record: Record| -> Result<(), Stop> {
+                let validated = match record {
+                    Record::Run(raw) => {
+                        let created = match &raw.created_at {
+                            Some(crate::model::Scalar::Str(text)) => {
+                                DateTime::parse_from_rfc3339(text).ok().map(|time| time.timestamp())
+                            }
+                            _ => None,
+                        };
+                        let validated = validate_run(&raw, None);
+                        if let Some(created) = created {
+                            seen.newest = Some(seen.newest.map_or(created, |newest| newest.max(created)));
+                            if matches!(validated, Validated::NotCompleted { .. }) {
+                                seen.oldest_unfinished =
+                                    Some(seen.oldest_unfinished.map_or(created, |oldest| oldest.min(created)));
+                            }
+                        }
+                        validated
+                    }
+                    Record::Unrecognised { origin, reason } => Validated::Invalid { origin, reason },
+                };
+                emit(SourceEvent::Item(validated))
+            };
+            match read_from(&label, &page.body[..], &mut sink) {
+                Ok(_) => {}
+                Err(super::SourceError::Stopped { .. }) => return Err(Ended::Stopped),
+                Err(error) => {
+                    return Err(Ended::Failed(GithubError::Status {
+                        url: label.to_string(),
+                        status: page.status,
+                        body: error.to_string(),
+                        retry_after: None,
+                    }))
+                }
+            }
+            let Some(next) = page.next.take() else { return Ok(()) };
+            page = self.fetch(&next, None)?;
+            number += 1;
+        }
+    }
+}
+
+/// `total_count` of a list body (0 when it has none).
+fn total_count(body: &[u8]) -> u64 {
+    #[derive(Deserialize)]
+    struct Count {
+        #[serde(default)]
+        total_count: u64,
+    }
+    serde_json::from_slice::<Count>(body).map_or(0, |count| count.total_count)
+}
+
+fn iso(seconds: i64) -> String {
+    DateTime::from_timestamp(seconds, 0).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_scopes_are_lowercase() {
+        let cursor = Cursor { low: 1_700_000_000, etag: Some("W/\"abc\"".into()) };
+        let text = serde_json::to_string(&cursor).unwrap();
+        assert_eq!(text, r#"{"low":1700000000,"etag":"W/\"abc\""}"#);
+        assert_eq!(serde_json::from_str::<Cursor>(&text).unwrap(), cursor);
+        assert_eq!(serde_json::from_str::<Cursor>(r#"{"low":5}"#).unwrap(), Cursor { low: 5, etag: None });
+        assert_eq!(scope("Octo-Org", "Repo"), "github:octo-org/repo");
+        assert_eq!(total_count(br#"{"total_count":1234,"workflow_runs":[]}"#), 1234);
+        assert_eq!(iso(0), "1970-01-01T00:00:00Z");
+    }
+}

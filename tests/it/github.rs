@@ -1,0 +1,143 @@
+//! `send --github`: runs fetched from a strict stand-in for GitHub's API, pass after pass, while
+//! runs are created, complete and are re-run between passes.
+
+use crate::support::fixtures;
+use crate::support::github::{GhRun, GithubStandIn, GITHUB_TOKEN};
+use crate::support::{Env, Intake, Output, Reply};
+
+const REPO: &str = "octo-org/octo-repo";
+const TOTAL: &str = "github.actions.workflow_run.total";
+
+/// One cron pass over `REPO`.
+fn pass(env: &Env, intake: &Intake, github: &GithubStandIn, extra: &[&str]) -> Output {
+    env.send(intake)
+        .args(["--github", REPO, "--github-api-url", &github.url(), "--since", "2h", "--output", "json"])
+        .args(extra)
+        .var("GITHUB_TOKEN", GITHUB_TOKEN)
+        .run()
+}
+
+fn sent(out: &Output) -> u64 {
+    out.json()["sent"].as_u64().unwrap()
+}
+
+#[test]
+fn a_run_in_progress_over_many_passes_is_sent_once_after_it_completes() {
+    let now = fixtures::now();
+    let env = Env::new();
+    let intake = Intake::start();
+    let github = GithubStandIn::start();
+    github.add([
+        GhRun::completed(REPO, 1, now - 1500),
+        GhRun::in_progress(REPO, 2, now - 1400),
+        GhRun::completed(REPO, 3, now - 1300),
+    ]);
+    assert_eq!(sent(pass(&env, &intake, &github, &[]).expect_code(0)), 2);
+    for _ in 0..3 {
+        assert_eq!(sent(pass(&env, &intake, &github, &[]).expect_code(0)), 0, "still in progress");
+    }
+    github.update(2, |run| {
+        run.status = "completed";
+        run.conclusion = Some("failure");
+        run.updated = now - 60;
+    });
+    assert_eq!(sent(pass(&env, &intake, &github, &[]).expect_code(0)), 1);
+    assert_eq!(sent(pass(&env, &intake, &github, &[]).expect_code(0)), 0);
+    assert_eq!(env.sent_keys(), ["octo-org/octo-repo:1:1", "octo-org/octo-repo:2:1", "octo-org/octo-repo:3:1"]);
+    assert_eq!(intake.total(TOTAL), 3.0);
+}
+
+#[test]
+fn five_thousand_new_runs_lose_none_to_the_thousand_result_cap() {
+    let now = fixtures::now();
+    let env = Env::new();
+    let intake = Intake::start();
+    let github = GithubStandIn::start();
+    // 5,000 runs over the last 50 minutes, two or three a second.
+    github.add((0..5000).map(|i| GhRun::completed(REPO, 100_000 + i, now - 3300 + (i as i64 * 3000 / 5000))));
+    let out = pass(&env, &intake, &github, &["--historical"]);
+    out.expect_code(0);
+    assert_eq!(sent(&out), 5000);
+    assert_eq!(env.sent_keys().len(), 5000);
+    assert_eq!(intake.total(TOTAL), 5000.0);
+    // It had to split the time range: GitHub shows the first 1,000 results of a query only.
+    let urls = github.urls();
+    assert!(urls.iter().any(|url| url.contains("..")), "{urls:?}");
+    // A second pass finds nothing new to send.
+    assert_eq!(sent(pass(&env, &intake, &github, &["--historical"]).expect_code(0)), 0);
+}
+
+#[test]
+fn an_idle_repository_costs_no_quota_and_thirty_new_runs_one_request() {
+    let now = fixtures::now();
+    let env = Env::new();
+    let intake = Intake::start();
+    let github = GithubStandIn::start();
+    github.add((1..=5).map(|id| GhRun::completed(REPO, id, now - 2000 + id as i64)));
+    assert_eq!(sent(pass(&env, &intake, &github, &[]).expect_code(0)), 5);
+    // The listing from the newest run on, once, to learn its ETag.
+    pass(&env, &intake, &github, &[]).expect_code(0);
+    let (requests, not_modified, spent) = github.usage();
+    for _ in 0..3 {
+        assert_eq!(sent(pass(&env, &intake, &github, &[]).expect_code(0)), 0);
+    }
+    assert_eq!(github.usage(), (requests + 3, not_modified + 3, spent), "idle passes must cost no quota");
+    github.add((100..130).map(|id| GhRun::completed(REPO, id, now - 1000 + id as i64)));
+    let out = pass(&env, &intake, &github, &[]);
+    assert_eq!(sent(&out), 30);
+    assert_eq!(github.usage().0, requests + 4, "thirty new runs, one request");
+}
+
+#[test]
+fn the_cursor_never_moves_past_a_run_that_was_not_sent() {
+    let now = fixtures::now();
+    let env = Env::new();
+    let intake = Intake::start();
+    let github = GithubStandIn::start();
+    github.add([GhRun::completed(REPO, 1, now - 2000)]);
+    assert_eq!(sent(pass(&env, &intake, &github, &[]).expect_code(0)), 1);
+    // Two more runs, and Datadog fails: neither is sent, and the cursor must stay before both.
+    github.add([GhRun::completed(REPO, 2, now - 1500), GhRun::completed(REPO, 3, now - 1400)]);
+    intake.script((0..20).map(|_| Reply::status(503)));
+    pass(&env, &intake, &github, &["--max-attempts", "1"]).expect_code(1);
+    intake.clear_script();
+    assert_eq!(sent(pass(&env, &intake, &github, &[]).expect_code(0)), 2);
+    assert_eq!(env.sent_keys(), ["octo-org/octo-repo:1:1", "octo-org/octo-repo:2:1", "octo-org/octo-repo:3:1"]);
+}
+
+#[test]
+fn a_rerun_of_a_recent_run_is_sent_as_a_new_attempt() {
+    let now = fixtures::now();
+    let env = Env::new();
+    let intake = Intake::start();
+    let github = GithubStandIn::start();
+    github.add([GhRun::in_progress(REPO, 2, now - 2100), GhRun::completed(REPO, 1, now - 2000)]);
+    assert_eq!(sent(pass(&env, &intake, &github, &[]).expect_code(0)), 1);
+    // Run 1 is re-run (same id, same creation time) while run 2, created before it and still in
+    // progress, holds the cursor back.
+    github.update(1, |run| {
+        run.attempt = 2;
+        run.started = now - 300;
+        run.updated = now - 30;
+    });
+    assert_eq!(sent(pass(&env, &intake, &github, &[]).expect_code(0)), 1);
+    assert!(env.sent_keys().contains(&"octo-org/octo-repo:1:2".to_owned()));
+}
+
+#[test]
+fn a_missing_or_rejected_token_stops_before_anything_is_sent() {
+    let env = Env::new();
+    let intake = Intake::start();
+    let github = GithubStandIn::start();
+    github.add([GhRun::completed(REPO, 1, fixtures::now() - 1000)]);
+    let out = env.send(&intake).args(["--github", REPO, "--github-api-url", &github.url()]).run();
+    out.expect_code(2);
+    assert!(out.stderr.contains("GITHUB_TOKEN") && out.stderr.contains("GH_TOKEN"), "{}", out.stderr);
+    github.reject_token();
+    let out = pass(&env, &intake, &github, &[]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("GITHUB_TOKEN") && out.stderr.contains("actions: read"), "{}", out.stderr);
+    assert!(!out.stderr.contains(GITHUB_TOKEN) && !env.logs().concat().contains(GITHUB_TOKEN));
+    assert!(intake.requests().is_empty());
+    assert!(env.sent_keys().is_empty());
+}

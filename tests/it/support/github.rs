@@ -1,0 +1,286 @@
+//! A stand-in for GitHub's REST API on 127.0.0.1, as strict as GitHub where the tool depends on
+//! it: it checks the token and the headers GitHub asks of API clients; serves a repository's
+//! runs newest first, 100 a page at most, with real `Link` headers and `total_count`; applies
+//! `created` filters (`>=`, `<=`, `a..b`) and GitHub's cap of 1,000 results for such queries;
+//! answers `If-None-Match` with `304`, which costs no quota; and counts the quota down in its
+//! rate-limit headers. Runs are built from a real recorded payload (`../shared/github/examples`),
+//! and the test moves them along between passes: created, completed, re-run.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Value};
+
+pub const GITHUB_TOKEN: &str = "ghp_test0123456789abcdefghijklmnopqrstuv";
+const QUOTA: u64 = 5000;
+
+/// One run as the stand-in holds it.
+#[derive(Clone, Debug)]
+pub struct GhRun {
+    pub repo: String,
+    pub id: u64,
+    pub attempt: u32,
+    /// Unix seconds.
+    pub created: i64,
+    pub started: i64,
+    pub updated: i64,
+    pub status: &'static str,
+    pub conclusion: Option<&'static str>,
+}
+
+impl GhRun {
+    /// A run created `created` (unix seconds), completed successfully 300 s later.
+    pub fn completed(repo: &str, id: u64, created: i64) -> GhRun {
+        GhRun {
+            repo: repo.to_owned(),
+            id,
+            attempt: 1,
+            created,
+            started: created + 5,
+            updated: created + 300,
+            status: "completed",
+            conclusion: Some("success"),
+        }
+    }
+
+    pub fn in_progress(repo: &str, id: u64, created: i64) -> GhRun {
+        GhRun { status: "in_progress", conclusion: None, updated: created + 5, ..GhRun::completed(repo, id, created) }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    runs: Vec<GhRun>,
+    /// Requests answered, and how many with 304.
+    requests: u64,
+    not_modified: u64,
+    /// Quota spent (304s spend none).
+    spent: u64,
+    /// Every URL asked for, in order (path and query).
+    urls: Vec<String>,
+    /// Answer 401 to everything (a revoked token).
+    reject_token: bool,
+}
+
+#[derive(Clone)]
+pub struct GithubStandIn {
+    inner: Arc<Mutex<Inner>>,
+    pub addr: SocketAddr,
+}
+
+impl GithubStandIn {
+    pub fn start() -> GithubStandIn {
+        let path =
+            crate::support::shared("github/examples").join("rest_run_github_openapi_example_workflow-run_queued.json");
+        let template: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let stand_in_state = (inner.clone(), Arc::new(template));
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
+                sender.send(listener.local_addr().expect("local addr")).expect("send addr");
+                let app =
+                    Router::new().route("/repos/{owner}/{repo}/actions/runs", get(list)).with_state(stand_in_state);
+                axum::serve(listener, app).await.expect("serve");
+            });
+        });
+        let addr = receiver.recv().expect("stand-in started");
+        GithubStandIn { inner, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn add(&self, runs: impl IntoIterator<Item = GhRun>) {
+        self.inner.lock().unwrap().runs.extend(runs);
+    }
+
+    /// Changes the run with this id (completes it, re-runs it...).
+    pub fn update(&self, id: u64, change: impl FnOnce(&mut GhRun)) {
+        let mut inner = self.inner.lock().unwrap();
+        change(inner.runs.iter_mut().find(|run| run.id == id).expect("a run with that id"));
+    }
+
+    pub fn reject_token(&self) {
+        self.inner.lock().unwrap().reject_token = true;
+    }
+
+    /// (requests, answered 304, quota spent).
+    pub fn usage(&self) -> (u64, u64, u64) {
+        let inner = self.inner.lock().unwrap();
+        (inner.requests, inner.not_modified, inner.spent)
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.inner.lock().unwrap().urls.clone()
+    }
+}
+
+fn render(template: &Value, run: &GhRun) -> Value {
+    let mut value = template.clone();
+    let (owner, name) = run.repo.split_once('/').unwrap();
+    value["id"] = json!(run.id);
+    value["run_number"] = json!(run.id % 100_000);
+    value["run_attempt"] = json!(run.attempt);
+    value["status"] = json!(run.status);
+    value["conclusion"] = json!(run.conclusion);
+    value["created_at"] = json!(iso(run.created));
+    value["run_started_at"] = json!(iso(run.started));
+    value["updated_at"] = json!(iso(run.updated));
+    value["url"] = json!(format!("https://api.github.com/repos/{}/actions/runs/{}", run.repo, run.id));
+    value["html_url"] = json!(format!("https://github.com/{}/actions/runs/{}", run.repo, run.id));
+    value["repository"]["full_name"] = json!(run.repo);
+    value["repository"]["name"] = json!(name);
+    value["repository"]["owner"]["login"] = json!(owner);
+    value
+}
+
+fn iso(seconds: i64) -> String {
+    DateTime::from_timestamp(seconds, 0).unwrap().to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn parse_time(text: &str) -> Option<i64> {
+    let text = text.trim();
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Some(time.timestamp());
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .map(|date| date.and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp())
+}
+
+/// GitHub's `created` qualifier: `>=T`, `>T`, `<=T`, `<T`, `A..B`, or a date.
+fn created_filter(value: &str) -> Option<(i64, i64)> {
+    if let Some(rest) = value.strip_prefix(">=") {
+        return Some((parse_time(rest)?, i64::MAX));
+    }
+    if let Some(rest) = value.strip_prefix('>') {
+        return Some((parse_time(rest)? + 1, i64::MAX));
+    }
+    if let Some(rest) = value.strip_prefix("<=") {
+        return Some((i64::MIN, parse_time(rest)?));
+    }
+    if let Some(rest) = value.strip_prefix('<') {
+        return Some((i64::MIN, parse_time(rest)? - 1));
+    }
+    if let Some((from, to)) = value.split_once("..") {
+        return Some((parse_time(from)?, parse_time(to)?));
+    }
+    let day = parse_time(value)?;
+    Some((day, day + 86_399))
+}
+
+type StandInState = (Arc<Mutex<Inner>>, Arc<Value>);
+
+async fn list(
+    State((inner, template)): State<StandInState>,
+    Path((owner, repo)): Path<(String, String)>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let mut inner = inner.lock().unwrap();
+    inner.requests += 1;
+    inner.urls.push(uri.to_string());
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or("");
+    // What GitHub asks of API clients.
+    if header("accept") != "application/vnd.github+json"
+        || header("x-github-api-version") != "2022-11-28"
+        || !header("user-agent").starts_with("workflow-metrics/")
+    {
+        return (StatusCode::BAD_REQUEST, "missing Accept, X-GitHub-Api-Version or User-Agent").into_response();
+    }
+    if inner.reject_token || header("authorization") != format!("Bearer {GITHUB_TOKEN}") {
+        return (StatusCode::UNAUTHORIZED, json!({"message": "Bad credentials"}).to_string()).into_response();
+    }
+    let per_page: usize = query.get("per_page").and_then(|v| v.parse().ok()).unwrap_or(30).min(100);
+    let page: usize = query.get("page").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
+    let created = match query.get("created") {
+        Some(value) => match created_filter(value) {
+            Some(range) => Some(range),
+            None => return (StatusCode::UNPROCESSABLE_ENTITY, "bad created qualifier").into_response(),
+        },
+        None => None,
+    };
+    let full_name = format!("{owner}/{repo}");
+    let mut runs: Vec<&GhRun> = inner
+        .runs
+        .iter()
+        .filter(|run| run.repo.eq_ignore_ascii_case(&full_name))
+        .filter(|run| created.is_none_or(|(from, to)| run.created >= from && run.created <= to))
+        .collect();
+    runs.sort_by_key(|run| std::cmp::Reverse((run.created, run.id)));
+    let total = runs.len();
+    // A query with a `created` filter reaches its first 1,000 results only.
+    let reachable = if created.is_some() { total.min(1000) } else { total };
+    let start = (page - 1) * per_page;
+    let shown: Vec<Value> = runs
+        .iter()
+        .skip(start)
+        .take(per_page.min(reachable.saturating_sub(start)))
+        .map(|run| render(&template, run))
+        .collect();
+    let body = json!({"total_count": total, "workflow_runs": shown}).to_string();
+    let mut hasher = DefaultHasher::new();
+    body.hash(&mut hasher);
+    let etag = format!("W/\"{:016x}\"", hasher.finish());
+    let reset = Utc::now().timestamp() + 3600;
+    if header("if-none-match") == etag {
+        inner.not_modified += 1;
+        let remaining = QUOTA - inner.spent;
+        return (
+            StatusCode::NOT_MODIFIED,
+            [
+                ("etag", etag),
+                ("x-ratelimit-limit", QUOTA.to_string()),
+                ("x-ratelimit-remaining", remaining.to_string()),
+                ("x-ratelimit-reset", reset.to_string()),
+            ],
+        )
+            .into_response();
+    }
+    inner.spent += 1;
+    let remaining = QUOTA.saturating_sub(inner.spent);
+    let mut response = (
+        StatusCode::OK,
+        [
+            ("content-type", "application/json; charset=utf-8".to_owned()),
+            ("etag", etag),
+            ("x-ratelimit-limit", QUOTA.to_string()),
+            ("x-ratelimit-remaining", remaining.to_string()),
+            ("x-ratelimit-reset", reset.to_string()),
+        ],
+        body,
+    )
+        .into_response();
+    if start + per_page < reachable {
+        // GitHub's own form: the query as asked, with the next page number.
+        let mut next: Vec<(String, String)> =
+            query.iter().filter(|(k, _)| *k != "page").map(|(k, v)| (k.clone(), v.clone())).collect();
+        next.sort();
+        next.push(("page".into(), (page + 1).to_string()));
+        let encoded: Vec<String> = next
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.replace('>', "%3E").replace('=', "%3D").replace(':', "%3A")))
+            .collect();
+        let link = format!(
+            "<http://{}{}?{}>; rel=\"next\"",
+            headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or(""),
+            uri.path(),
+            encoded.join("&")
+        );
+        response.headers_mut().insert("link", link.parse().unwrap());
+    }
+    response
+}
