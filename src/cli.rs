@@ -122,6 +122,15 @@ pub struct SendArgs {
     #[arg(long, value_name = "DURATION|DATE")]
     pub since: Option<String>,
 
+    /// With --github: how far back runs are listed again for their re-runs (a new attempt keeps
+    /// its run's creation time); 0 never. Rounded down to the day.
+    #[arg(long, value_name = "DURATION", default_value = "1d")]
+    pub rescan: String,
+
+    /// With --github: how often a repository's older runs are listed again for re-runs.
+    #[arg(long, value_name = "DURATION", default_value = "15m")]
+    pub rescan_every: String,
+
     /// With --github: the longest wait, in seconds, for a spent rate limit to reset before
     /// stopping (the cursor stays, the next invocation goes on).
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]

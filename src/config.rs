@@ -11,7 +11,7 @@ use crate::ledger::Location;
 use crate::metrics::{self, SeriesSpec};
 use crate::model;
 use crate::retry::RetryPolicy;
-use crate::source::github::GithubToken;
+use crate::source::github::{GithubToken, RescanPolicy};
 use crate::source::Input;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,8 @@ pub enum ConfigError {
     EmptyGithubTokenFile { path: PathBuf },
     #[error("--github-api-url {url:?} is not an http:// or https:// URL")]
     GithubApiUrl { url: String },
+    #[error("{flag} {value:?} is not a duration (seconds, or a number with s, m, h or d)")]
+    Rescan { flag: &'static str, value: String },
     #[error("--since {value:?} is neither a duration (45m, 6h, 30d) nor a date (2026-11-01, RFC 3339)")]
     Since { value: String },
     #[error("standard input (-) can be read only once")]
@@ -125,6 +127,7 @@ pub struct GithubConfig {
     pub token: GithubToken,
     /// Where a repository without a cursor starts, unix seconds.
     pub since: i64,
+    pub rescan: RescanPolicy,
     pub max_wait: Duration,
 }
 
@@ -293,11 +296,28 @@ fn github(args: &SendArgs, max_age: Duration) -> Result<Option<GithubConfig>, Co
         return Err(ConfigError::MissingGithubToken);
     };
     let now = chrono::Utc::now().timestamp();
-    let since = match &args.since {
+    let start = match &args.since {
         None => now - i64::try_from(max_age.as_secs()).unwrap_or(0),
         Some(value) => since(value, now).ok_or_else(|| ConfigError::Since { value: value.clone() })?,
     };
-    Ok(Some(GithubConfig { repos, api_url, token, since, max_wait: Duration::from_secs(args.github_max_wait) }))
+    let seconds = |flag: &'static str, value: &str| {
+        since(value, 0)
+            .filter(|back| *back <= 0)
+            .map(|back| -back)
+            .ok_or(ConfigError::Rescan { flag, value: value.to_owned() })
+    };
+    let rescan = RescanPolicy {
+        window: seconds("--rescan", &args.rescan)?,
+        every: seconds("--rescan-every", &args.rescan_every)?,
+    };
+    Ok(Some(GithubConfig {
+        repos,
+        api_url,
+        token,
+        since: start,
+        rescan,
+        max_wait: Duration::from_secs(args.github_max_wait),
+    }))
 }
 
 /// `--since`: a duration back from `now` (with `d` for days too), or a date.

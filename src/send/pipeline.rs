@@ -18,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use foldhash::{HashMap as FastMap, HashSet as FastSet};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -35,7 +35,7 @@ use crate::error::{send_exit_code, Halt};
 use crate::ledger::{self, KeyState, Ledger, LedgerError, SentItem, SkipReason, SkippedItem};
 use crate::metrics::{self, Age, Planned, SentPoint};
 use crate::model::{Item, Validated};
-use crate::runlog::{RequestLine, RunLog};
+use crate::runlog::{self, RequestLine, RunLog};
 use crate::source::github::{GithubClient, GithubSource};
 use crate::source::{self, FileSource, Message, Source};
 
@@ -56,7 +56,8 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
         let client =
             GithubClient::new(&github.api_url, github.token.clone(), config.endpoint.request_timeout, github.max_wait)
                 .map_err(|error| crate::Error::Source(error.to_string()))?;
-        sources.push(Box::new(GithubSource::new(client, github.repos.clone(), github.since, config.retry.clone())));
+        let source = GithubSource::new(client, github.repos.clone(), github.since, github.rescan, config.retry.clone());
+        sources.push(Box::new(source));
     }
     send_from(config, log, sources).await
 }
@@ -171,6 +172,15 @@ pub async fn send_from(
                     tracing::error!(input = %input, error = %message, "source unavailable");
                     pipeline.summary.unavailable += 1;
                     pipeline.summary.errors.push(message);
+                }
+                Some(Message::Log(line)) => pipeline.log.note(&line),
+                Some(Message::Usage(usage)) => {
+                    pipeline.summary.github_requests += usage.requests;
+                    pipeline.summary.github_not_modified += usage.not_modified;
+                    if let Some((remaining, reset)) = usage.quota {
+                        pipeline.summary.github_quota_remaining = Some(remaining);
+                        pipeline.summary.github_quota_reset = DateTime::from_timestamp(reset, 0).map(runlog::iso_millis);
+                    }
                 }
                 Some(Message::Fatal { input, message }) => {
                     pipeline.log.input_error(&input, &message);

@@ -36,6 +36,12 @@ pub struct Summary {
     pub dead_before: u64,
     /// Records that are not valid runs (skipped, reported).
     pub invalid: u64,
+    /// Requests made to GitHub's API (`--github`), those answered `304` (free of quota), and
+    /// the quota left with its reset time, as GitHub said last.
+    pub github_requests: u64,
+    pub github_not_modified: u64,
+    pub github_quota_remaining: Option<u64>,
+    pub github_quota_reset: Option<String>,
     /// Remote sources (GitHub repositories) that could not be fetched to the end: what they did
     /// not yield is fetched by the next invocation.
     pub unavailable: u64,
@@ -96,6 +102,14 @@ impl Summary {
         }
         if self.failed > 0 {
             parts.push(format!("{} run(s) NOT sent (left for the next invocation)", self.failed));
+        }
+        if self.github_requests > 0 {
+            let mut github =
+                format!("GitHub: {} request(s), {} unchanged (304)", self.github_requests, self.github_not_modified);
+            if let (Some(remaining), Some(reset)) = (self.github_quota_remaining, &self.github_quota_reset) {
+                github.push_str(&format!(", quota {remaining} left until {reset}"));
+            }
+            parts.push(github);
         }
         let mut line = parts.join("; ");
         if let Some(stopped) = &self.stopped {

@@ -63,9 +63,23 @@ pub enum SourceEvent {
     Unavailable { input: String, message: String },
     /// The source cannot work as configured (a rejected token): the invocation stops.
     Fatal { input: String, message: String },
+    /// A line for the run log (a request the source made).
+    Log(String),
+    /// What a remote source spent, once, at its end.
+    Usage(SourceUsage),
     /// Everything of `scope` up to `cursor` has been yielded: once all items before this event
     /// are settled (sent, recorded as skipped, or dead-lettered), the ledger may keep the cursor.
     Checkpoint(Checkpoint),
+}
+
+/// Requests a remote source made, and the quota its service said is left.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceUsage {
+    pub requests: u64,
+    /// Answered `304 Not Modified` (free of quota).
+    pub not_modified: u64,
+    /// Quota left, and when it resets (unix seconds).
+    pub quota: Option<(u64, i64)>,
 }
 
 /// A position a source can resume from (for instance a repository's newest run seen).
@@ -112,6 +126,8 @@ pub enum Message {
         input: String,
         message: String,
     },
+    Log(String),
+    Usage(SourceUsage),
     Checkpoint(Checkpoint),
 }
 
@@ -147,6 +163,8 @@ pub fn spawn_reader(
                         flush(&mut chunk, &sender)?;
                         Message::Fatal { input, message }
                     }
+                    SourceEvent::Log(line) => Message::Log(line),
+                    SourceEvent::Usage(usage) => Message::Usage(usage),
                     SourceEvent::Checkpoint(checkpoint) => {
                         flush(&mut chunk, &sender)?;
                         Message::Checkpoint(checkpoint)

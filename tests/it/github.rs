@@ -125,6 +125,72 @@ fn a_rerun_of_a_recent_run_is_sent_as_a_new_attempt() {
 }
 
 #[test]
+fn a_rerun_of_an_older_run_is_found_by_the_rescan() {
+    let now = fixtures::now();
+    let env = Env::new();
+    let intake = Intake::start();
+    let github = GithubStandIn::start();
+    github.add([GhRun::completed(REPO, 1, now - 3000), GhRun::completed(REPO, 2, now - 2900)]);
+    assert_eq!(sent(pass(&env, &intake, &github, &[]).expect_code(0)), 2);
+    github.update(1, |run| {
+        run.attempt = 2;
+        run.started = now - 400;
+        run.updated = now - 60;
+    });
+    // Created before the cursor: only a rescan lists it again, at most every --rescan-every.
+    assert_eq!(sent(pass(&env, &intake, &github, &[]).expect_code(0)), 0);
+    let out = pass(&env, &intake, &github, &["--rescan-every", "0"]);
+    assert_eq!(sent(out.expect_code(0)), 1);
+    assert!(env.sent_keys().contains(&"octo-org/octo-repo:1:2".to_owned()));
+    // The summary and the run log say what GitHub was asked.
+    let summary = out.json();
+    assert!(summary["github_requests"].as_u64().unwrap() >= 2, "{summary}");
+    assert!(summary["github_quota_remaining"].as_u64().is_some(), "{summary}");
+    let log = env.logs().pop().unwrap();
+    assert!(log.contains("github GET http://") && log.contains("status=200"), "{log}");
+    // With --rescan 0, never.
+    github.update(1, |run| run.attempt = 3);
+    assert_eq!(sent(pass(&env, &intake, &github, &["--rescan", "0", "--rescan-every", "0"]).expect_code(0)), 0);
+}
+
+#[test]
+fn a_spent_rate_limit_is_waited_for_when_near_and_stops_the_pass_when_not() {
+    let now = fixtures::now();
+    let env = Env::new();
+    let intake = Intake::start();
+    let github = GithubStandIn::start();
+    github.add([GhRun::completed(REPO, 1, now - 1000)]);
+    // One request left this hour: the listing is answered, the rescan after it would be over.
+    github.set_quota(1, 3000);
+    let out = pass(&env, &intake, &github, &[]);
+    out.expect_code(1);
+    assert!(out.stderr.contains("rate limit") && out.stderr.contains("--github-max-wait"), "{}", out.stderr);
+    assert_eq!(github.usage().2, 1, "no request past the spent quota");
+    assert_eq!(env.sent_keys(), ["octo-org/octo-repo:1:1"], "what was listed is sent");
+    // Reset in two seconds, within --github-max-wait: the pass waits for it and goes on.
+    github.add([GhRun::completed(REPO, 2, now - 900)]);
+    github.set_quota(1, 2);
+    let out = pass(&env, &intake, &github, &["--github-max-wait", "10"]);
+    out.expect_code(0);
+    assert!(out.stderr.contains("waiting for it to reset"), "{}", out.stderr);
+    assert_eq!(env.sent_keys(), ["octo-org/octo-repo:1:1", "octo-org/octo-repo:2:1"]);
+}
+
+#[test]
+fn a_secondary_rate_limit_is_waited_out_and_retried() {
+    let now = fixtures::now();
+    let env = Env::new();
+    let intake = Intake::start();
+    let github = GithubStandIn::start();
+    github.add([GhRun::completed(REPO, 1, now - 1000)]);
+    github.secondary_limit(2);
+    let out = pass(&env, &intake, &github, &[]);
+    out.expect_code(0);
+    assert_eq!(out.stderr.matches("retrying GitHub request").count(), 2, "{}", out.stderr);
+    assert_eq!(env.sent_keys(), ["octo-org/octo-repo:1:1"]);
+}
+
+#[test]
 fn a_missing_or_rejected_token_stops_before_anything_is_sent() {
     let env = Env::new();
     let intake = Intake::start();

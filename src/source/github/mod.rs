@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::file::{read_from, Record};
-use super::{Checkpoint, Input, Source, SourceEvent, Stop};
+use super::{Checkpoint, Input, Source, SourceEvent, SourceUsage, Stop};
 use crate::model::{validate_run, Validated};
 use crate::retry::{self, RetryPolicy};
 
@@ -41,13 +41,36 @@ pub use client::{GithubClient, GithubError, GithubToken, Usage};
 const RESULT_CAP: u64 = 1000;
 
 /// Where a repository's next pass starts.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Cursor {
     /// Unix seconds: runs created at or after this are listed.
     low: i64,
     /// The `ETag` of the listing from `low`, when the last pass ended with the same `low`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     etag: Option<String>,
+    /// The last rescan of older runs (for their re-runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rescan: Option<Rescan>,
+}
+
+/// A listing of the runs created in `from..=to`, older than the cursor, at `at`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Rescan {
+    at: i64,
+    from: i64,
+    to: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    etag: Option<String>,
+}
+
+/// How far back and how often older runs are listed again, for their re-runs.
+#[derive(Clone, Copy, Debug)]
+pub struct RescanPolicy {
+    /// Seconds back from now (rounded down to the day, so that the listing's URL, and so its
+    /// `ETag`, holds for a day); 0: never.
+    pub window: i64,
+    /// Seconds between two rescans of a repository.
+    pub every: i64,
 }
 
 /// The runs of one or more repositories, from GitHub.
@@ -57,13 +80,20 @@ pub struct GithubSource {
     repos: Vec<(String, String)>,
     /// Where a repository without a cursor starts (`--since`), unix seconds.
     since: i64,
+    rescan: RescanPolicy,
     policy: RetryPolicy,
     cursors: HashMap<String, String>,
 }
 
 impl GithubSource {
-    pub fn new(client: GithubClient, repos: Vec<(String, String)>, since: i64, policy: RetryPolicy) -> GithubSource {
-        GithubSource { client, repos, since, policy, cursors: HashMap::new() }
+    pub fn new(
+        client: GithubClient,
+        repos: Vec<(String, String)>,
+        since: i64,
+        rescan: RescanPolicy,
+        policy: RetryPolicy,
+    ) -> GithubSource {
+        GithubSource { client, repos, since, rescan, policy, cursors: HashMap::new() }
     }
 }
 
@@ -99,35 +129,43 @@ impl Source for GithubSource {
         };
         // Shutdown reaches this thread as the pipeline going away (`Stop`), not as a signal.
         let (_never, mut shutdown) = watch::channel(None);
-        {
-            for (owner, name) in self.repos.clone() {
-                let scope = scope(&owner, &name);
-                let pass = Pass {
-                    source: self,
-                    runtime: &runtime,
-                    owner: &owner,
-                    name: &name,
-                    scope: &scope,
-                    shutdown: &mut shutdown,
-                };
-                match pass.run(emit) {
-                    Ok(()) => {}
-                    Err(Ended::Stopped) => return,
-                    Err(Ended::Failed(error)) => {
-                        let whole_source = matches!(error, GithubError::Token { .. } | GithubError::RateLimited { .. });
-                        let message = crate::error::error_chain(&error);
-                        let event = if matches!(error, GithubError::Token { .. }) {
-                            SourceEvent::Fatal { input: scope.clone(), message }
-                        } else {
-                            SourceEvent::Unavailable { input: scope.clone(), message }
-                        };
-                        if emit(event).is_err() || whole_source {
-                            return;
-                        }
+        for (owner, name) in self.repos.clone() {
+            let scope = scope(&owner, &name);
+            let pass = Pass {
+                source: self,
+                runtime: &runtime,
+                owner: &owner,
+                name: &name,
+                scope: &scope,
+                shutdown: &mut shutdown,
+            };
+            match pass.run(emit) {
+                Ok(()) => {}
+                Err(Ended::Stopped) => return,
+                Err(Ended::Failed(error)) => {
+                    // A rejected token or a spent quota holds for every repository: stop.
+                    let whole_source = matches!(error, GithubError::Token { .. } | GithubError::RateLimited { .. });
+                    let message = crate::error::error_chain(&error);
+                    let event = if matches!(error, GithubError::Token { .. }) {
+                        SourceEvent::Fatal { input: scope.clone(), message }
+                    } else {
+                        SourceEvent::Unavailable { input: scope.clone(), message }
+                    };
+                    if emit(event).is_err() {
+                        return;
+                    }
+                    if whole_source {
+                        break;
                     }
                 }
             }
         }
+        let usage = self.client.usage();
+        let _ = emit(SourceEvent::Usage(SourceUsage {
+            requests: usage.requests,
+            not_modified: usage.not_modified,
+            quota: self.client.quota().map(|(remaining, reset)| (remaining, reset.timestamp())),
+        }));
     }
 }
 
@@ -142,6 +180,14 @@ impl From<Stop> for Ended {
     fn from(_: Stop) -> Ended {
         Ended::Stopped
     }
+}
+
+/// What a listing came to.
+struct Listed {
+    /// `304`: unchanged since the `ETag` given; nothing was yielded.
+    not_modified: bool,
+    /// The `ETag` of the listing, when one query held it all.
+    etag: Option<String>,
 }
 
 /// The oldest unfinished and the newest run a pass has seen, by creation time.
@@ -169,41 +215,75 @@ impl Pass<'_> {
             .cursors
             .get(self.scope)
             .and_then(|text| serde_json::from_str::<Cursor>(text).ok())
-            .unwrap_or(Cursor { low: self.source.since, etag: None });
+            .unwrap_or(Cursor { low: self.source.since, ..Cursor::default() });
         let now = Utc::now().timestamp();
-        let first = self.fetch(&self.listing(&format!(">={}", iso(cursor.low))), cursor.etag.as_deref())?;
-        if first.status == 304 {
-            // Nothing changed since the last pass: the cursor stands.
-            return Ok(());
-        }
-        let total = total_count(&first.body);
+        let mut next = cursor.clone();
+        // New runs, and runs not finished at the last pass: everything created since the cursor.
         let mut seen = Seen::default();
-        let etag = first.etag.clone();
-        if total <= RESULT_CAP {
-            self.page_through(first, &mut seen, emit)?;
-        } else {
-            // Over GitHub's cap: halve the time range until each part holds at most 1,000 runs.
-            let mut ranges = vec![(cursor.low, now)];
-            while let Some((from, to)) = ranges.pop() {
-                let page = self.fetch(&self.listing(&format!("{}..{}", iso(from), iso(to))), None)?;
-                if total_count(&page.body) > RESULT_CAP && to > from {
-                    let middle = from + (to - from) / 2;
-                    ranges.push((middle + 1, to));
-                    ranges.push((from, middle));
-                    continue;
-                }
-                self.page_through(page, &mut seen, emit)?;
-            }
+        let head = self.list(cursor.low, None, cursor.etag.as_deref(), now, &mut seen, emit)?;
+        if !head.not_modified {
+            next.low = seen.oldest_unfinished.or(seen.newest).unwrap_or(cursor.low).max(cursor.low);
+            // The ETag belongs to the listing from `low`: it is kept only if `low` stays.
+            next.etag = head.etag.filter(|_| next.low == cursor.low);
         }
-        let low = seen.oldest_unfinished.or(seen.newest).unwrap_or(cursor.low).max(cursor.low);
-        // The ETag belongs to the listing from `low`: keep it only if `low` stays.
-        let etag = etag.filter(|_| low == cursor.low && total <= RESULT_CAP);
-        let next = Cursor { low, etag };
+        // Older runs within the rescan window, now and then, for their re-runs (new attempts).
+        let policy = self.source.rescan;
+        let from = (now - policy.window).div_euclid(86_400) * 86_400;
+        let due = cursor.rescan.as_ref().is_none_or(|rescan| now - rescan.at >= policy.every);
+        if policy.window > 0 && due && from < cursor.low {
+            let to = cursor.low - 1;
+            let etag = cursor
+                .rescan
+                .as_ref()
+                .filter(|last| (last.from, last.to) == (from, to))
+                .and_then(|last| last.etag.as_deref());
+            let listed = self.list(from, Some(to), etag, now, &mut Seen::default(), emit)?;
+            next.rescan = Some(Rescan { at: now, from, to, etag: listed.etag });
+        }
         if next != cursor {
-            let cursor = serde_json::to_string(&next).expect("a cursor serialises: a number and a string");
+            let cursor = serde_json::to_string(&next).expect("a cursor serialises: numbers and strings");
             emit(SourceEvent::Checkpoint(Checkpoint { scope: self.scope.to_owned(), cursor }))?;
         }
         Ok(())
+    }
+
+    /// Yields the runs created from `from` (to `to`, else up to now), newest first; splits the
+    /// time range when it holds more than GitHub shows of one query.
+    fn list(
+        &mut self,
+        from: i64,
+        to: Option<i64>,
+        etag: Option<&str>,
+        now: i64,
+        seen: &mut Seen,
+        emit: &mut dyn FnMut(SourceEvent) -> Result<(), Stop>,
+    ) -> Result<Listed, Ended> {
+        let created = match to {
+            None => format!(">={}", iso(from)),
+            Some(to) => format!("{}..{}", iso(from), iso(to)),
+        };
+        let first = self.fetch(&self.listing(&created), etag, emit)?;
+        if first.status == 304 {
+            return Ok(Listed { not_modified: true, etag: etag.map(str::to_owned) });
+        }
+        if total_count(&first.body) <= RESULT_CAP {
+            let etag = first.etag.clone();
+            self.page_through(first, seen, emit)?;
+            return Ok(Listed { not_modified: false, etag });
+        }
+        // Over GitHub's cap: halve the time range until each part holds at most 1,000 runs.
+        let mut ranges = vec![(from, to.unwrap_or(now))];
+        while let Some((from, to)) = ranges.pop() {
+            let page = self.fetch(&self.listing(&format!("{}..{}", iso(from), iso(to))), None, emit)?;
+            if total_count(&page.body) > RESULT_CAP && to > from {
+                let middle = from + (to - from) / 2;
+                ranges.push((middle + 1, to));
+                ranges.push((from, middle));
+                continue;
+            }
+            self.page_through(page, seen, emit)?;
+        }
+        Ok(Listed { not_modified: false, etag: None })
     }
 
     /// The runs listing URL with a `created` filter, newest first, 100 a page.
@@ -215,13 +295,29 @@ impl Pass<'_> {
         ))
     }
 
-    /// One GET, retried as GitHub's answers allow.
-    fn fetch(&mut self, url: &str, etag: Option<&str>) -> Result<client::Page, Ended> {
+    /// One GET, retried as GitHub's answers allow; each attempt goes to the run log.
+    fn fetch(
+        &mut self,
+        url: &str,
+        etag: Option<&str>,
+        emit: &mut dyn FnMut(SourceEvent) -> Result<(), Stop>,
+    ) -> Result<client::Page, Ended> {
         let client = &self.source.client;
         let outcome =
             self.runtime.block_on(retry::retry(&self.source.policy, 0, "GitHub request", self.shutdown, || {
                 client.get(url, etag)
             }));
+        let status = match &outcome.result {
+            Ok(page) => page.status.to_string(),
+            Err(GithubError::Status { status, .. } | GithubError::Token { status, .. }) => status.to_string(),
+            Err(_) => "error".to_owned(),
+        };
+        let quota = client.quota().map_or_else(|| "-".to_owned(), |(remaining, _)| remaining.to_string());
+        emit(SourceEvent::Log(format!(
+            "github GET {url} status={status} attempts={} etag={} quota_remaining={quota}",
+            outcome.attempts,
+            if etag.is_some() { "sent" } else { "-" },
+        )))?;
         outcome.result.map_err(Ended::Failed)
     }
 
@@ -271,7 +367,7 @@ impl Pass<'_> {
                 }
             }
             let Some(next) = page.next.take() else { return Ok(()) };
-            page = self.fetch(&next, None)?;
+            page = self.fetch(&next, None, emit)?;
             number += 1;
         }
     }
@@ -297,11 +393,11 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_scopes_are_lowercase() {
-        let cursor = Cursor { low: 1_700_000_000, etag: Some("W/\"abc\"".into()) };
+        let cursor = Cursor { low: 1_700_000_000, etag: Some("W/\"abc\"".into()), rescan: None };
         let text = serde_json::to_string(&cursor).unwrap();
         assert_eq!(text, r#"{"low":1700000000,"etag":"W/\"abc\""}"#);
         assert_eq!(serde_json::from_str::<Cursor>(&text).unwrap(), cursor);
-        assert_eq!(serde_json::from_str::<Cursor>(r#"{"low":5}"#).unwrap(), Cursor { low: 5, etag: None });
+        assert_eq!(serde_json::from_str::<Cursor>(r#"{"low":5}"#).unwrap(), Cursor { low: 5, ..Cursor::default() });
         assert_eq!(scope("Octo-Org", "Repo"), "github:octo-org/repo");
         assert_eq!(total_count(br#"{"total_count":1234,"workflow_runs":[]}"#), 1234);
         assert_eq!(iso(0), "1970-01-01T00:00:00Z");

@@ -68,6 +68,11 @@ struct Inner {
     urls: Vec<String>,
     /// Answer 401 to everything (a revoked token).
     reject_token: bool,
+    /// The primary limit (5,000 unless a test sets it) and when it resets, unix seconds.
+    quota: Option<u64>,
+    reset: Option<i64>,
+    /// The next requests answered with a secondary rate limit (403, retry-after: 0).
+    secondary: u32,
 }
 
 #[derive(Clone)]
@@ -110,6 +115,19 @@ impl GithubStandIn {
     pub fn update(&self, id: u64, change: impl FnOnce(&mut GhRun)) {
         let mut inner = self.inner.lock().unwrap();
         change(inner.runs.iter_mut().find(|run| run.id == id).expect("a run with that id"));
+    }
+
+    /// The quota of the hour (spent requests count against it) and its reset, seconds from now.
+    pub fn set_quota(&self, quota: u64, reset_in: i64) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.quota = Some(quota);
+        inner.spent = 0;
+        inner.reset = Some(Utc::now().timestamp() + reset_in);
+    }
+
+    /// Answers the next `count` requests with GitHub's secondary rate limit.
+    pub fn secondary_limit(&self, count: u32) {
+        self.inner.lock().unwrap().secondary = count;
     }
 
     pub fn reject_token(&self) {
@@ -204,6 +222,36 @@ async fn list(
     if inner.reject_token || header("authorization") != format!("Bearer {GITHUB_TOKEN}") {
         return (StatusCode::UNAUTHORIZED, json!({"message": "Bad credentials"}).to_string()).into_response();
     }
+    let quota = inner.quota.unwrap_or(QUOTA);
+    // The hour is over: the quota is whole again.
+    let now = Utc::now().timestamp();
+    if inner.reset.is_some_and(|reset| now >= reset) {
+        inner.spent = 0;
+        inner.reset = Some(now + 3600);
+    }
+    let reset = inner.reset.unwrap_or(now + 3600);
+    let limits = |remaining: u64| {
+        [
+            ("x-ratelimit-limit", quota.to_string()),
+            ("x-ratelimit-remaining", remaining.to_string()),
+            ("x-ratelimit-reset", reset.to_string()),
+        ]
+    };
+    if inner.secondary > 0 {
+        inner.secondary -= 1;
+        let message = json!({"message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."});
+        return (
+            StatusCode::FORBIDDEN,
+            [("retry-after", "0".to_owned())],
+            limits(quota - inner.spent),
+            message.to_string(),
+        )
+            .into_response();
+    }
+    if inner.spent >= quota {
+        let message = json!({"message": "API rate limit exceeded for user ID 1."});
+        return (StatusCode::FORBIDDEN, limits(0), message.to_string()).into_response();
+    }
     let per_page: usize = query.get("per_page").and_then(|v| v.parse().ok()).unwrap_or(30).min(100);
     let page: usize = query.get("page").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
     let created = match query.get("created") {
@@ -235,32 +283,17 @@ async fn list(
     let mut hasher = DefaultHasher::new();
     body.hash(&mut hasher);
     let etag = format!("W/\"{:016x}\"", hasher.finish());
-    let reset = Utc::now().timestamp() + 3600;
     if header("if-none-match") == etag {
+        // A conditional request answered 304 costs no quota.
         inner.not_modified += 1;
-        let remaining = QUOTA - inner.spent;
-        return (
-            StatusCode::NOT_MODIFIED,
-            [
-                ("etag", etag),
-                ("x-ratelimit-limit", QUOTA.to_string()),
-                ("x-ratelimit-remaining", remaining.to_string()),
-                ("x-ratelimit-reset", reset.to_string()),
-            ],
-        )
-            .into_response();
+        return (StatusCode::NOT_MODIFIED, [("etag", etag)], limits(quota - inner.spent)).into_response();
     }
     inner.spent += 1;
-    let remaining = QUOTA.saturating_sub(inner.spent);
+    let remaining = quota - inner.spent;
     let mut response = (
         StatusCode::OK,
-        [
-            ("content-type", "application/json; charset=utf-8".to_owned()),
-            ("etag", etag),
-            ("x-ratelimit-limit", QUOTA.to_string()),
-            ("x-ratelimit-remaining", remaining.to_string()),
-            ("x-ratelimit-reset", reset.to_string()),
-        ],
+        [("content-type", "application/json; charset=utf-8".to_owned()), ("etag", etag)],
+        limits(remaining),
         body,
     )
         .into_response();
