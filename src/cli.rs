@@ -108,6 +108,20 @@ pub struct SendArgs {
     #[arg(long = "github", value_name = "OWNER/REPO")]
     pub github: Vec<String>,
 
+    /// Fetch the runs of every repository of this organisation (repeatable; archived and
+    /// disabled repositories are left out).
+    #[arg(long, value_name = "ORG")]
+    pub github_org: Vec<String>,
+
+    /// With --github-org: only the repositories whose name matches this glob (repeatable), for
+    /// example 'api-*'.
+    #[arg(long, value_name = "GLOB")]
+    pub github_repos: Vec<String>,
+
+    /// With --github-org: leave out the repositories whose name matches this glob (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub github_exclude: Vec<String>,
+
     /// GitHub's API root (GitHub Enterprise Server: https://HOST/api/v3); else GITHUB_API_URL,
     /// else https://api.github.com.
     #[arg(long, value_name = "URL")]

@@ -11,7 +11,7 @@ use crate::ledger::Location;
 use crate::metrics::{self, SeriesSpec};
 use crate::model;
 use crate::retry::RetryPolicy;
-use crate::source::github::{GithubToken, RescanPolicy};
+use crate::source::github::{GithubToken, Repositories, RescanPolicy};
 use crate::source::Input;
 
 #[derive(Debug, thiserror::Error)]
@@ -121,8 +121,7 @@ impl SendConfig {
 /// Where and how to fetch runs from GitHub.
 #[derive(Debug)]
 pub struct GithubConfig {
-    /// `(owner, name)`.
-    pub repos: Vec<(String, String)>,
+    pub repositories: Repositories,
     pub api_url: String,
     pub token: GithubToken,
     /// Where a repository without a cursor starts, unix seconds.
@@ -147,7 +146,7 @@ impl SendConfig {
         let api_key = if args.dry_run { None } else { Some(api_key(&args.common)?) };
         #[allow(clippy::disallowed_methods, reason = "config is where the environment is read")]
         let event_path = std::env::var_os("GITHUB_EVENT_PATH").map(PathBuf::from);
-        let inputs = if args.inputs.is_empty() && !args.github.is_empty() {
+        let inputs = if args.inputs.is_empty() && !(args.github.is_empty() && args.github_org.is_empty()) {
             Vec::new()
         } else {
             inputs(&args.inputs, event_path)?
@@ -266,7 +265,7 @@ fn api_key(common: &CommonArgs) -> Result<ApiKey, ConfigError> {
 }
 
 fn github(args: &SendArgs, max_age: Duration) -> Result<Option<GithubConfig>, ConfigError> {
-    if args.github.is_empty() {
+    if args.github.is_empty() && args.github_org.is_empty() {
         return Ok(None);
     }
     let repos = args
@@ -310,8 +309,14 @@ fn github(args: &SendArgs, max_age: Duration) -> Result<Option<GithubConfig>, Co
         window: seconds("--rescan", &args.rescan)?,
         every: seconds("--rescan-every", &args.rescan_every)?,
     };
+    let repositories = Repositories {
+        named: repos,
+        orgs: args.github_org.clone(),
+        include: args.github_repos.clone(),
+        exclude: args.github_exclude.clone(),
+    };
     Ok(Some(GithubConfig {
-        repos,
+        repositories,
         api_url,
         token,
         since: start,

@@ -159,6 +159,12 @@ async fn cursors_are_kept_per_scope() {
         ledger.save_cursor("octo/repo", "2026-12-02T00:00:00Z", 2).await.unwrap();
         assert_eq!(ledger.cursor("octo/repo").await.unwrap().as_deref(), Some("2026-12-02T00:00:00Z"));
         assert_eq!(ledger.cursor("octo/other").await.unwrap().as_deref(), Some("a"));
+        ledger.save_cursor("octo_x/y", "b", 3).await.unwrap();
+        let cursors = ledger.cursors("octo/").await.unwrap();
+        assert_eq!(cursors.len(), 2, "{cursors:?}");
+        assert_eq!(cursors["octo/repo"], "2026-12-02T00:00:00Z");
+        assert_eq!(ledger.cursors("octo_").await.unwrap().len(), 1, "_ is not a wildcard");
+        assert!(ledger.cursors("none/").await.unwrap().is_empty());
     })
     .await;
 }

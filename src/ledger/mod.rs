@@ -121,6 +121,10 @@ pub trait Ledger: Send {
     /// Where a source stopped in `scope` (for instance one repository), if it saved a cursor.
     async fn cursor(&mut self, scope: &str) -> Result<Option<String>, LedgerError>;
 
+    /// Every cursor whose scope starts with `prefix`, by scope (a source resuming all its scopes,
+    /// which it may learn only as it runs: an organisation's repositories).
+    async fn cursors(&mut self, prefix: &str) -> Result<HashMap<String, String>, LedgerError>;
+
     /// Keeps a source's cursor. Callers save it only once every item before it is settled.
     async fn save_cursor(&mut self, scope: &str, cursor: &str, now_ms: i64) -> Result<(), LedgerError>;
 

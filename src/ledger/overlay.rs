@@ -116,6 +116,16 @@ impl Ledger for Overlay {
         }
     }
 
+    /// The record's cursors over the real ledger's.
+    async fn cursors(&mut self, prefix: &str) -> Result<HashMap<String, String>, LedgerError> {
+        let mut cursors = match &mut self.base {
+            Some(base) => base.cursors(prefix).await?,
+            None => HashMap::new(),
+        };
+        cursors.extend(self.record.cursors(prefix).await?);
+        Ok(cursors)
+    }
+
     async fn save_cursor(&mut self, scope: &str, cursor: &str, now_ms: i64) -> Result<(), LedgerError> {
         self.record.save_cursor(scope, cursor, now_ms).await
     }

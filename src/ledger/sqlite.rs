@@ -381,6 +381,18 @@ impl Ledger for SqliteLedger {
         query().map_err(|source| self.query_error("reading a cursor", source))
     }
 
+    async fn cursors(&mut self, prefix: &str) -> Result<HashMap<String, String>, LedgerError> {
+        let query = || -> rusqlite::Result<HashMap<String, String>> {
+            // `substr` rather than LIKE: scopes may hold `_` and `%`.
+            let mut statement = self
+                .connection
+                .prepare_cached("SELECT scope, cursor FROM cursors WHERE substr(scope, 1, length(?1)) = ?1")?;
+            let rows = statement.query_map([prefix], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect()
+        };
+        query().map_err(|source| self.query_error("reading cursors", source))
+    }
+
     async fn save_cursor(&mut self, scope: &str, cursor: &str, now_ms: i64) -> Result<(), LedgerError> {
         self.connection
             .execute(

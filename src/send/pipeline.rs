@@ -56,7 +56,8 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
         let client =
             GithubClient::new(&github.api_url, github.token.clone(), config.endpoint.request_timeout, github.max_wait)
                 .map_err(|error| crate::Error::Source(error.to_string()))?;
-        let source = GithubSource::new(client, github.repos.clone(), github.since, github.rescan, config.retry.clone());
+        let repositories = github.repositories.clone();
+        let source = GithubSource::new(client, repositories, github.since, github.rescan, config.retry.clone());
         sources.push(Box::new(source));
     }
     send_from(config, log, sources).await
@@ -81,13 +82,9 @@ pub async fn send_from(
     };
     // Sources that keep cursors resume from what the ledger kept (a dry run: its record first).
     for source in &mut sources {
-        let mut cursors = HashMap::new();
-        for scope in source.scopes() {
-            if let Some(cursor) = ledger.cursor(&scope).await? {
-                cursors.insert(scope, cursor);
-            }
+        if let Some(prefix) = source.scope_prefix() {
+            source.resume(ledger.cursors(&prefix).await?);
         }
-        source.resume(cursors);
     }
     let client = match &config.api_key {
         Some(key) if !config.dry_run => {

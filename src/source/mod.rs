@@ -96,11 +96,11 @@ pub trait Source: Send {
     fn describe(&self) -> Vec<String>;
     /// Bytes it will read, if known (the progress bar's ETA).
     fn size(&self) -> Option<u64>;
-    /// The cursor scopes it resumes from (none for files).
-    fn scopes(&self) -> Vec<String> {
-        Vec::new()
+    /// The prefix of the cursor scopes it keeps (none for files).
+    fn scope_prefix(&self) -> Option<String> {
+        None
     }
-    /// The cursors the ledger kept for [`Source::scopes`], before [`Source::run`].
+    /// The cursors the ledger kept under [`Source::scope_prefix`], before [`Source::run`].
     fn resume(&mut self, cursors: HashMap<String, String>) {
         let _ = cursors;
     }

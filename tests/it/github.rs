@@ -191,6 +191,46 @@ fn a_secondary_rate_limit_is_waited_out_and_retried() {
 }
 
 #[test]
+fn an_organisation_is_fetched_repository_by_repository_with_filters() {
+    let now = fixtures::now();
+    let env = Env::new();
+    let intake = Intake::start();
+    let github = GithubStandIn::start();
+    // 60 repositories: one page of GitHub's listing (150 would be two, listed whole every pass).
+    for index in 0..58 {
+        github.add_repo(&format!("acme/lib-{index:03}"), false);
+    }
+    github.add_repo("acme/api-gateway", false);
+    github.add_repo("acme/api-legacy", true);
+    github.add([
+        GhRun::completed("acme/api-gateway", 1, now - 1000),
+        GhRun::completed("acme/api-legacy", 2, now - 1000),
+        GhRun::completed("acme/lib-007", 3, now - 1000),
+        GhRun::completed("acme/lib-008", 4, now - 1000),
+    ]);
+    let org = |extra: &[&str]| {
+        env.send(&intake)
+            .args(["--github-org", "acme", "--github-api-url", &github.url(), "--since", "2h", "--output", "json"])
+            .args(extra)
+            .var("GITHUB_TOKEN", GITHUB_TOKEN)
+            .run()
+    };
+    let out = org(&["--github-repos", "api-*", "--github-repos", "lib-00?", "--github-exclude", "lib-008"]);
+    assert_eq!(sent(out.expect_code(0)), 2);
+    assert_eq!(env.sent_keys(), ["acme/api-gateway:1:1", "acme/lib-007:3:1"], "archived and excluded left out");
+    // Without filters, every repository that is not archived; the listing of repositories is
+    // conditional too.
+    let out = org(&[]);
+    assert_eq!(sent(out.expect_code(0)), 1);
+    assert!(env.sent_keys().contains(&"acme/lib-008:4:1".to_owned()));
+    let before = github.usage();
+    org(&[]).expect_code(0);
+    let after = github.usage();
+    assert_eq!(after.2, before.2 + 1, "idle repositories cost nothing; one request where a cursor just moved");
+    assert_eq!(after.1 - before.1, 59, "58 idle repositories and the organisation's listing answered 304");
+}
+
+#[test]
 fn a_missing_or_rejected_token_stops_before_anything_is_sent() {
     let env = Env::new();
     let intake = Intake::start();

@@ -73,11 +73,40 @@ pub struct RescanPolicy {
     pub every: i64,
 }
 
+/// Which repositories to fetch: those named, and those of organisations that pass the filters.
+#[derive(Clone, Debug, Default)]
+pub struct Repositories {
+    /// `(owner, name)`, as given (`--github`).
+    pub named: Vec<(String, String)>,
+    /// `--github-org`: every repository of these, archived and disabled ones left out.
+    pub orgs: Vec<String>,
+    /// `--github-repos`: of an organisation's repositories, those whose name matches one of
+    /// these globs (all when none).
+    pub include: Vec<String>,
+    /// `--github-exclude`: and not one of these.
+    pub exclude: Vec<String>,
+}
+
+impl Repositories {
+    fn wanted(&self, name: &str) -> bool {
+        let matches = |globs: &[String]| globs.iter().any(|glob| wildmatch::WildMatch::new(glob).matches(name));
+        (self.include.is_empty() || matches(&self.include)) && !matches(&self.exclude)
+    }
+}
+
+/// The repositories of an organisation as last listed, with the listing's `ETag` when it was
+/// one page (GitHub's ETags are per page: a first page unchanged says nothing of the second).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct OrgCursor {
+    etag: Option<String>,
+    /// Names of the repositories that are neither archived nor disabled.
+    repos: Vec<String>,
+}
+
 /// The runs of one or more repositories, from GitHub.
 pub struct GithubSource {
     client: GithubClient,
-    /// `(owner, name)`, as given.
-    repos: Vec<(String, String)>,
+    repositories: Repositories,
     /// Where a repository without a cursor starts (`--since`), unix seconds.
     since: i64,
     rescan: RescanPolicy,
@@ -88,12 +117,66 @@ pub struct GithubSource {
 impl GithubSource {
     pub fn new(
         client: GithubClient,
-        repos: Vec<(String, String)>,
+        repositories: Repositories,
         since: i64,
         rescan: RescanPolicy,
         policy: RetryPolicy,
     ) -> GithubSource {
-        GithubSource { client, repos, since, rescan, policy, cursors: HashMap::new() }
+        GithubSource { client, repositories, since, rescan, policy, cursors: HashMap::new() }
+    }
+
+    /// The repositories of `org` that are neither archived nor disabled (`GET /orgs/{org}/repos`,
+    /// conditional on the last listing's `ETag`, kept under the scope `github-org:{org}`).
+    fn org_repos(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        shutdown: &mut watch::Receiver<Option<i32>>,
+        org: &str,
+        emit: &mut dyn FnMut(SourceEvent) -> Result<(), Stop>,
+    ) -> Result<Vec<String>, Ended> {
+        #[derive(Deserialize)]
+        struct Repo {
+            name: String,
+            #[serde(default)]
+            archived: bool,
+            #[serde(default)]
+            disabled: bool,
+        }
+        let scope = format!("github-org:{}", org.to_lowercase());
+        let last: OrgCursor =
+            self.cursors.get(&scope).and_then(|text| serde_json::from_str(text).ok()).unwrap_or_default();
+        let mut url = Some(self.client.url(&format!("orgs/{org}/repos?per_page=100&type=all")));
+        let mut etag = last.etag.clone();
+        let mut first_etag = None;
+        let mut pages = 0;
+        let mut repos = Vec::new();
+        while let Some(next) = url.take() {
+            pages += 1;
+            let page = fetch(&self.client, runtime, &self.policy, shutdown, &next, etag.take().as_deref(), emit)?;
+            if page.status == 304 {
+                return Ok(last.repos);
+            }
+            if first_etag.is_none() {
+                first_etag = Some(page.etag.clone());
+            }
+            let listed: Vec<Repo> = serde_json::from_slice(&page.body).map_err(|error| {
+                Ended::Failed(GithubError::Status {
+                    url: next.clone(),
+                    status: page.status,
+                    body: format!("not a list of repositories: {error}"),
+                    retry_after: None,
+                })
+            })?;
+            repos.extend(listed.into_iter().filter(|repo| !repo.archived && !repo.disabled).map(|repo| repo.name));
+            url = page.next;
+        }
+        repos.sort();
+        let next = OrgCursor { etag: first_etag.flatten().filter(|_| pages == 1), repos: repos.clone() };
+        if next != last {
+            let cursor = serde_json::to_string(&next).expect("an organisation's cursor serialises: strings");
+            emit(SourceEvent::Checkpoint(Checkpoint { scope, cursor }))?;
+        }
+        Ok(repos)
     }
 }
 
@@ -104,15 +187,16 @@ pub fn scope(owner: &str, name: &str) -> String {
 
 impl Source for GithubSource {
     fn describe(&self) -> Vec<String> {
-        self.repos.iter().map(|(owner, name)| scope(owner, name)).collect()
+        let named = self.repositories.named.iter().map(|(owner, name)| scope(owner, name));
+        named.chain(self.repositories.orgs.iter().map(|org| format!("github-org:{org}"))).collect()
     }
 
     fn size(&self) -> Option<u64> {
         None
     }
 
-    fn scopes(&self) -> Vec<String> {
-        self.describe()
+    fn scope_prefix(&self) -> Option<String> {
+        Some("github".into())
     }
 
     fn resume(&mut self, cursors: HashMap<String, String>) {
@@ -129,7 +213,29 @@ impl Source for GithubSource {
         };
         // Shutdown reaches this thread as the pipeline going away (`Stop`), not as a signal.
         let (_never, mut shutdown) = watch::channel(None);
-        for (owner, name) in self.repos.clone() {
+        let mut repos = self.repositories.named.clone();
+        for org in self.repositories.orgs.clone() {
+            match self.org_repos(&runtime, &mut shutdown, &org, emit) {
+                Ok(names) => repos.extend(
+                    names.into_iter().filter(|name| self.repositories.wanted(name)).map(|name| (org.clone(), name)),
+                ),
+                Err(Ended::Stopped) => return,
+                Err(Ended::Failed(error)) => {
+                    let message = crate::error::error_chain(&error);
+                    let event = if matches!(error, GithubError::Token { .. }) {
+                        SourceEvent::Fatal { input: format!("github-org:{org}"), message }
+                    } else {
+                        SourceEvent::Unavailable { input: format!("github-org:{org}"), message }
+                    };
+                    if emit(event).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        repos.sort_by_key(|(owner, name)| scope(owner, name));
+        repos.dedup_by_key(|(owner, name)| scope(owner, name));
+        for (owner, name) in repos {
             let scope = scope(&owner, &name);
             let pass = Pass {
                 source: self,
@@ -295,30 +401,13 @@ impl Pass<'_> {
         ))
     }
 
-    /// One GET, retried as GitHub's answers allow; each attempt goes to the run log.
     fn fetch(
         &mut self,
         url: &str,
         etag: Option<&str>,
         emit: &mut dyn FnMut(SourceEvent) -> Result<(), Stop>,
     ) -> Result<client::Page, Ended> {
-        let client = &self.source.client;
-        let outcome =
-            self.runtime.block_on(retry::retry(&self.source.policy, 0, "GitHub request", self.shutdown, || {
-                client.get(url, etag)
-            }));
-        let status = match &outcome.result {
-            Ok(page) => page.status.to_string(),
-            Err(GithubError::Status { status, .. } | GithubError::Token { status, .. }) => status.to_string(),
-            Err(_) => "error".to_owned(),
-        };
-        let quota = client.quota().map_or_else(|| "-".to_owned(), |(remaining, _)| remaining.to_string());
-        emit(SourceEvent::Log(format!(
-            "github GET {url} status={status} attempts={} etag={} quota_remaining={quota}",
-            outcome.attempts,
-            if etag.is_some() { "sent" } else { "-" },
-        )))?;
-        outcome.result.map_err(Ended::Failed)
+        fetch(&self.source.client, self.runtime, &self.source.policy, self.shutdown, url, etag, emit)
     }
 
     /// Yields the runs of `page` and of the pages after it (`Link: rel="next"`).
@@ -371,6 +460,31 @@ impl Pass<'_> {
             number += 1;
         }
     }
+}
+
+/// One GET, retried as GitHub's answers allow; each request goes to the run log.
+fn fetch(
+    client: &GithubClient,
+    runtime: &tokio::runtime::Runtime,
+    policy: &RetryPolicy,
+    shutdown: &mut watch::Receiver<Option<i32>>,
+    url: &str,
+    etag: Option<&str>,
+    emit: &mut dyn FnMut(SourceEvent) -> Result<(), Stop>,
+) -> Result<client::Page, Ended> {
+    let outcome = runtime.block_on(retry::retry(policy, 0, "GitHub request", shutdown, || client.get(url, etag)));
+    let status = match &outcome.result {
+        Ok(page) => page.status.to_string(),
+        Err(GithubError::Status { status, .. } | GithubError::Token { status, .. }) => status.to_string(),
+        Err(_) => "error".to_owned(),
+    };
+    let quota = client.quota().map_or_else(|| "-".to_owned(), |(remaining, _)| remaining.to_string());
+    emit(SourceEvent::Log(format!(
+        "github GET {url} status={status} attempts={} etag={} quota_remaining={quota}",
+        outcome.attempts,
+        if etag.is_some() { "sent" } else { "-" },
+    )))?;
+    outcome.result.map_err(Ended::Failed)
 }
 
 /// `total_count` of a list body (0 when it has none).

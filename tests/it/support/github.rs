@@ -7,6 +7,7 @@
 //! and the test moves them along between passes: created, completed, re-run.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -73,6 +74,8 @@ struct Inner {
     reset: Option<i64>,
     /// The next requests answered with a secondary rate limit (403, retry-after: 0).
     secondary: u32,
+    /// Repositories of organisations: full name, archived.
+    repos: Vec<(String, bool)>,
 }
 
 #[derive(Clone)]
@@ -94,8 +97,10 @@ impl GithubStandIn {
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
                 sender.send(listener.local_addr().expect("local addr")).expect("send addr");
-                let app =
-                    Router::new().route("/repos/{owner}/{repo}/actions/runs", get(list)).with_state(stand_in_state);
+                let app = Router::new()
+                    .route("/repos/{owner}/{repo}/actions/runs", get(list))
+                    .route("/orgs/{org}/repos", get(org_repos))
+                    .with_state(stand_in_state);
                 axum::serve(listener, app).await.expect("serve");
             });
         });
@@ -128,6 +133,11 @@ impl GithubStandIn {
     /// Answers the next `count` requests with GitHub's secondary rate limit.
     pub fn secondary_limit(&self, count: u32) {
         self.inner.lock().unwrap().secondary = count;
+    }
+
+    /// A repository of an organisation (`org/name`), archived or not.
+    pub fn add_repo(&self, full_name: &str, archived: bool) {
+        self.inner.lock().unwrap().repos.push((full_name.to_owned(), archived));
     }
 
     pub fn reject_token(&self) {
@@ -201,57 +211,115 @@ fn created_filter(value: &str) -> Option<(i64, i64)> {
 
 type StandInState = (Arc<Mutex<Inner>>, Arc<Value>);
 
-async fn list(
-    State((inner, template)): State<StandInState>,
-    Path((owner, repo)): Path<(String, String)>,
-    Query(query): Query<std::collections::HashMap<String, String>>,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-) -> Response {
-    let mut inner = inner.lock().unwrap();
+/// The quota of the hour and its reset, as the rate-limit headers say them.
+struct Limits {
+    quota: u64,
+    reset: i64,
+}
+
+impl Limits {
+    fn headers(&self, remaining: u64) -> [(&'static str, String); 3] {
+        [
+            ("x-ratelimit-limit", self.quota.to_string()),
+            ("x-ratelimit-remaining", remaining.to_string()),
+            ("x-ratelimit-reset", self.reset.to_string()),
+        ]
+    }
+}
+
+/// What every endpoint checks first, as GitHub does: the headers it asks of API clients, the
+/// token, the secondary and the primary rate limits.
+fn admit(inner: &mut Inner, headers: &HeaderMap, uri: &axum::http::Uri) -> Result<Limits, Box<Response>> {
     inner.requests += 1;
     inner.urls.push(uri.to_string());
     let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or("");
-    // What GitHub asks of API clients.
     if header("accept") != "application/vnd.github+json"
         || header("x-github-api-version") != "2022-11-28"
         || !header("user-agent").starts_with("workflow-metrics/")
     {
-        return (StatusCode::BAD_REQUEST, "missing Accept, X-GitHub-Api-Version or User-Agent").into_response();
+        return Err(Box::new(
+            (StatusCode::BAD_REQUEST, "missing Accept, X-GitHub-Api-Version or User-Agent").into_response(),
+        ));
     }
     if inner.reject_token || header("authorization") != format!("Bearer {GITHUB_TOKEN}") {
-        return (StatusCode::UNAUTHORIZED, json!({"message": "Bad credentials"}).to_string()).into_response();
+        return Err(Box::new(
+            (StatusCode::UNAUTHORIZED, json!({"message": "Bad credentials"}).to_string()).into_response(),
+        ));
     }
-    let quota = inner.quota.unwrap_or(QUOTA);
     // The hour is over: the quota is whole again.
     let now = Utc::now().timestamp();
     if inner.reset.is_some_and(|reset| now >= reset) {
         inner.spent = 0;
         inner.reset = Some(now + 3600);
     }
-    let reset = inner.reset.unwrap_or(now + 3600);
-    let limits = |remaining: u64| {
-        [
-            ("x-ratelimit-limit", quota.to_string()),
-            ("x-ratelimit-remaining", remaining.to_string()),
-            ("x-ratelimit-reset", reset.to_string()),
-        ]
-    };
+    let limits = Limits { quota: inner.quota.unwrap_or(QUOTA), reset: inner.reset.unwrap_or(now + 3600) };
     if inner.secondary > 0 {
         inner.secondary -= 1;
         let message = json!({"message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."});
-        return (
-            StatusCode::FORBIDDEN,
-            [("retry-after", "0".to_owned())],
-            limits(quota - inner.spent),
-            message.to_string(),
-        )
+        let remaining = limits.quota - inner.spent;
+        return Err(Box::new(
+            (StatusCode::FORBIDDEN, [("retry-after", "0".to_owned())], limits.headers(remaining), message.to_string())
+                .into_response(),
+        ));
+    }
+    if inner.spent >= limits.quota {
+        let message = json!({"message": "API rate limit exceeded for user ID 1."});
+        return Err(Box::new((StatusCode::FORBIDDEN, limits.headers(0), message.to_string()).into_response()));
+    }
+    Ok(limits)
+}
+
+/// A page of results: `304` without quota when the client's `If-None-Match` holds, else `200`
+/// with its `ETag`, spending one request of the quota, and a `Link` to the next page if any.
+fn answer(inner: &mut Inner, limits: &Limits, headers: &HeaderMap, body: String, next: Option<String>) -> Response {
+    let mut hasher = DefaultHasher::new();
+    body.hash(&mut hasher);
+    let etag = format!("W/\"{:016x}\"", hasher.finish());
+    if headers.get("if-none-match").and_then(|value| value.to_str().ok()) == Some(etag.as_str()) {
+        inner.not_modified += 1;
+        return (StatusCode::NOT_MODIFIED, [("etag", etag)], limits.headers(limits.quota - inner.spent))
             .into_response();
     }
-    if inner.spent >= quota {
-        let message = json!({"message": "API rate limit exceeded for user ID 1."});
-        return (StatusCode::FORBIDDEN, limits(0), message.to_string()).into_response();
+    inner.spent += 1;
+    let mut response = (
+        StatusCode::OK,
+        [("content-type", "application/json; charset=utf-8".to_owned()), ("etag", etag)],
+        limits.headers(limits.quota - inner.spent),
+        body,
+    )
+        .into_response();
+    if let Some(next) = next {
+        response.headers_mut().insert("link", format!("<{next}>; rel=\"next\"").parse().unwrap());
     }
+    response
+}
+
+/// The URL of the next page, as GitHub writes it: the query as asked, with the page number.
+fn next_page(headers: &HeaderMap, uri: &axum::http::Uri, query: &HashMap<String, String>, page: usize) -> String {
+    let mut next: Vec<(String, String)> =
+        query.iter().filter(|(key, _)| *key != "page").map(|(key, value)| (key.clone(), value.clone())).collect();
+    next.sort();
+    next.push(("page".into(), (page + 1).to_string()));
+    let encoded: Vec<String> = next
+        .iter()
+        .map(|(key, value)| format!("{key}={}", value.replace('>', "%3E").replace('=', "%3D").replace(':', "%3A")))
+        .collect();
+    let host = headers.get("host").and_then(|host| host.to_str().ok()).unwrap_or("");
+    format!("http://{host}{}?{}", uri.path(), encoded.join("&"))
+}
+
+async fn list(
+    State((inner, template)): State<StandInState>,
+    Path((owner, repo)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let mut inner = inner.lock().unwrap();
+    let limits = match admit(&mut inner, &headers, &uri) {
+        Ok(limits) => limits,
+        Err(response) => return *response,
+    };
     let per_page: usize = query.get("per_page").and_then(|v| v.parse().ok()).unwrap_or(30).min(100);
     let page: usize = query.get("page").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
     let created = match query.get("created") {
@@ -280,40 +348,39 @@ async fn list(
         .map(|run| render(&template, run))
         .collect();
     let body = json!({"total_count": total, "workflow_runs": shown}).to_string();
-    let mut hasher = DefaultHasher::new();
-    body.hash(&mut hasher);
-    let etag = format!("W/\"{:016x}\"", hasher.finish());
-    if header("if-none-match") == etag {
-        // A conditional request answered 304 costs no quota.
-        inner.not_modified += 1;
-        return (StatusCode::NOT_MODIFIED, [("etag", etag)], limits(quota - inner.spent)).into_response();
-    }
-    inner.spent += 1;
-    let remaining = quota - inner.spent;
-    let mut response = (
-        StatusCode::OK,
-        [("content-type", "application/json; charset=utf-8".to_owned()), ("etag", etag)],
-        limits(remaining),
-        body,
-    )
-        .into_response();
-    if start + per_page < reachable {
-        // GitHub's own form: the query as asked, with the next page number.
-        let mut next: Vec<(String, String)> =
-            query.iter().filter(|(k, _)| *k != "page").map(|(k, v)| (k.clone(), v.clone())).collect();
-        next.sort();
-        next.push(("page".into(), (page + 1).to_string()));
-        let encoded: Vec<String> = next
-            .iter()
-            .map(|(k, v)| format!("{k}={}", v.replace('>', "%3E").replace('=', "%3D").replace(':', "%3A")))
-            .collect();
-        let link = format!(
-            "<http://{}{}?{}>; rel=\"next\"",
-            headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or(""),
-            uri.path(),
-            encoded.join("&")
-        );
-        response.headers_mut().insert("link", link.parse().unwrap());
-    }
-    response
+    let next = (start + per_page < reachable).then(|| next_page(&headers, &uri, &query, page));
+    answer(&mut inner, &limits, &headers, body, next)
+}
+
+/// `GET /orgs/{org}/repos`: a plain array of repositories, by name.
+async fn org_repos(
+    State((inner, _)): State<StandInState>,
+    Path(org): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let mut inner = inner.lock().unwrap();
+    let limits = match admit(&mut inner, &headers, &uri) {
+        Ok(limits) => limits,
+        Err(response) => return *response,
+    };
+    let per_page: usize = query.get("per_page").and_then(|v| v.parse().ok()).unwrap_or(30).min(100);
+    let page: usize = query.get("page").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
+    let mut repos: Vec<&(String, bool)> =
+        inner.repos.iter().filter(|(full_name, _)| full_name.split('/').next() == Some(org.as_str())).collect();
+    repos.sort();
+    let start = (page - 1) * per_page;
+    let shown: Vec<Value> = repos
+        .iter()
+        .skip(start)
+        .take(per_page)
+        .map(|(full_name, archived)| {
+            let name = full_name.split('/').nth(1).unwrap();
+            json!({"id": 1, "name": name, "full_name": full_name, "private": false, "archived": archived, "disabled": false, "fork": false})
+        })
+        .collect();
+    let body = Value::Array(shown).to_string();
+    let next = (start + per_page < repos.len()).then(|| next_page(&headers, &uri, &query, page));
+    answer(&mut inner, &limits, &headers, body, next)
 }
