@@ -1,9 +1,11 @@
 //! `send --github`: runs fetched from a strict stand-in for GitHub's API, pass after pass, while
 //! runs are created, complete and are re-run between passes.
 
+use std::process::{Child, Command, Stdio};
+
 use crate::support::fixtures;
 use crate::support::github::{GhRun, GithubStandIn, GITHUB_TOKEN};
-use crate::support::{Env, Intake, Output, Reply};
+use crate::support::{Env, Intake, Output, Reply, API_KEY, BIN};
 
 const REPO: &str = "octo-org/octo-repo";
 const TOTAL: &str = "github.actions.workflow_run.total";
@@ -61,8 +63,13 @@ fn five_thousand_new_runs_lose_none_to_the_thousand_result_cap() {
     assert_eq!(env.sent_keys().len(), 5000);
     assert_eq!(intake.total(TOTAL), 5000.0);
     // It had to split the time range: GitHub shows the first 1,000 results of a query only.
+    // Each split costs one request (a range's first page), the rest is one request per 100 runs.
     let urls = github.urls();
-    assert!(urls.iter().any(|url| url.contains("..")), "{urls:?}");
+    let ranges = urls.iter().filter(|url| url.contains("..") && !url.contains("&page=")).count();
+    let (requests, _, _) = github.usage();
+    eprintln!("5000 runs: {requests} requests, {ranges} of them first pages of time ranges");
+    assert!(ranges >= 5, "{urls:?}");
+    assert!(requests <= 50 + ranges as u64 + 1, "{requests} requests for 5,000 runs and {ranges} ranges");
     // A second pass finds nothing new to send.
     assert_eq!(sent(pass(&env, &intake, &github, &["--historical"]).expect_code(0)), 0);
 }
@@ -246,4 +253,100 @@ fn a_missing_or_rejected_token_stops_before_anything_is_sent() {
     assert!(!out.stderr.contains(GITHUB_TOKEN) && !env.logs().concat().contains(GITHUB_TOKEN));
     assert!(intake.requests().is_empty());
     assert!(env.sent_keys().is_empty());
+}
+
+/// A pass as a child process, to run two at once or to kill one.
+fn spawn_pass(env: &Env, intake: &Intake, github: &GithubStandIn, extra: &[&str]) -> Child {
+    Command::new(BIN)
+        .current_dir(env.dir.path())
+        .args(["send", "--github", REPO, "--github-api-url", &github.url(), "--since", "2h"])
+        .args(["--api-url", &intake.url(), "--retry-delay-ms", "1", "--retry-max-delay-ms", "4"])
+        .arg("--ledger")
+        .arg(env.ledger())
+        .arg("--log-dir")
+        .arg(env.log_dir())
+        .args(extra)
+        .env("DD_API_KEY", API_KEY)
+        .env("GITHUB_TOKEN", GITHUB_TOKEN)
+        .env_remove("RUST_LOG")
+        .env_remove("GH_TOKEN")
+        .env_remove("GITHUB_API_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn")
+}
+
+/// `count` completed runs created a second apart over the last hour: each has a point of its own.
+fn many_runs(github: &GithubStandIn, count: u64) {
+    let now = fixtures::now();
+    github.add((0..count).map(|i| GhRun::completed(REPO, 1000 + i, now - 3000 + i as i64)));
+}
+
+#[test]
+fn a_dry_run_calls_github_but_never_datadog_and_moves_no_cursor() {
+    let env = Env::new();
+    let intake = Intake::start();
+    let github = GithubStandIn::start();
+    many_runs(&github, 30);
+    let out = env
+        .command(["send", "--dry-run", "--github", REPO, "--github-api-url", &github.url(), "--since", "2h"])
+        .args(["--output", "json"])
+        .var("GITHUB_TOKEN", GITHUB_TOKEN)
+        .run();
+    out.expect_code(0);
+    assert_eq!(out.json()["would_send"], 30);
+    assert!(github.usage().0 >= 1 && intake.requests().is_empty());
+    assert!(!env.ledger().exists(), "a dry run wrote the ledger");
+    // The live pass after it starts from the same place and sends everything.
+    assert_eq!(sent(pass(&env, &intake, &github, &[]).expect_code(0)), 30);
+}
+
+#[test]
+fn overlapping_passes_over_one_repository_send_each_run_once() {
+    let env = Env::new();
+    let intake = Intake::start();
+    let github = GithubStandIn::start();
+    many_runs(&github, 300);
+    intake.latency(std::time::Duration::from_millis(20));
+    let args = ["--batch-size", "10", "--concurrency", "2"];
+    let (first, second) = (spawn_pass(&env, &intake, &github, &args), spawn_pass(&env, &intake, &github, &args));
+    let (a, b) = (first.wait_with_output().unwrap(), second.wait_with_output().unwrap());
+    assert_eq!((a.status.code(), b.status.code()), (Some(0), Some(0)), "{a:?} {b:?}");
+    let accepted: Vec<_> = intake.accepted().into_iter().filter(|point| point.metric == TOTAL).collect();
+    assert_eq!(accepted.len(), 300, "each run's point written once");
+    assert_eq!(env.sent_keys().len(), 300);
+}
+
+#[test]
+fn a_pass_killed_at_any_moment_loses_no_run() {
+    let env = Env::new();
+    let intake = Intake::start();
+    let github = GithubStandIn::start();
+    many_runs(&github, 200);
+    for arrival in [0, 3, 7] {
+        // Killed (kill -9) as its request `arrival` (counted from 0) reaches the intake.
+        let child = spawn_pass(&env, &intake, &github, &["--batch-size", "10", "--concurrency", "1"]);
+        let pid = child.id();
+        let arrivals = intake.arrivals();
+        let killer = std::thread::spawn(move || {
+            for (seen, _) in arrivals.iter().enumerate() {
+                if seen >= arrival {
+                    crate::support::kill(pid, "-9");
+                    return;
+                }
+            }
+        });
+        child.wait_with_output().unwrap();
+        intake.clear_hook();
+        killer.join().unwrap();
+        env.ledger_is_consistent();
+    }
+    let before = env.sent_keys().len();
+    assert!(before < 200, "the kills left runs to send");
+    assert_eq!(sent(pass(&env, &intake, &github, &[]).expect_code(0)) as usize, 200 - before);
+    assert_eq!(env.sent_keys().len(), 200);
+    // Resent runs (those in flight at a kill) wrote the same points: each stored once.
+    assert_eq!(intake.total(TOTAL), 200.0);
 }
