@@ -137,7 +137,7 @@ fn a_rerun_of_an_older_run_is_found_by_the_rescan() {
     let env = Env::new();
     let intake = Intake::start();
     let github = GithubStandIn::start();
-    github.add([GhRun::completed(REPO, 1, now - 3000), GhRun::completed(REPO, 2, now - 2900)]);
+    github.add([GhRun::completed(REPO, 1, now - 2500), GhRun::completed(REPO, 2, now - 2400)]);
     assert_eq!(sent(pass(&env, &intake, &github, &[]).expect_code(0)), 2);
     github.update(1, |run| {
         run.attempt = 2;
@@ -278,10 +278,11 @@ fn spawn_pass(env: &Env, intake: &Intake, github: &GithubStandIn, extra: &[&str]
         .expect("spawn")
 }
 
-/// `count` completed runs created a second apart over the last hour: each has a point of its own.
+/// `count` (at most 1,000) completed runs created a second apart, completed within the last 30
+/// minutes: each has a point of its own, well inside Datadog's window.
 fn many_runs(github: &GithubStandIn, count: u64) {
     let now = fixtures::now();
-    github.add((0..count).map(|i| GhRun::completed(REPO, 1000 + i, now - 3000 + i as i64)));
+    github.add((0..count).map(|i| GhRun::completed(REPO, 1000 + i, now - 2100 + i as i64)));
 }
 
 #[test]
