@@ -6,8 +6,11 @@ use std::sync::Arc;
 
 use crate::model::{Entity, Item};
 
+mod quota;
 mod run;
 pub mod tags;
+
+pub use quota::quota_series;
 
 pub use tags::{normalise_tag, tag, MAX_TAG_LENGTH};
 

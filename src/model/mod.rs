@@ -36,6 +36,18 @@ impl Entity {
     }
 }
 
+/// A rate limit as the service's last answer stated it (GitHub's `x-ratelimit-*` headers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quota {
+    pub limit: u64,
+    pub remaining: u64,
+    pub used: u64,
+    /// Unix seconds.
+    pub reset: i64,
+    /// Which limit (`core`, `search`...).
+    pub resource: String,
+}
+
 /// A validated item on its way to Datadog.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Item {

@@ -18,6 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use foldhash::{HashMap as FastMap, HashSet as FastSet};
 use tokio::sync::mpsc;
@@ -30,11 +31,12 @@ use super::request::{Delivery, Failure, RequestTask};
 use super::signals::{self, Shutdown};
 use super::summary::{peak_rss_bytes, Summary};
 use crate::config::SendConfig;
-use crate::datadog::{Client, DatadogError};
+use crate::datadog::{self, Client, DatadogError};
 use crate::error::{send_exit_code, Halt};
 use crate::ledger::{self, KeyState, Ledger, LedgerError, SentItem, SkipReason, SkippedItem};
 use crate::metrics::{self, Age, Planned, SentPoint};
-use crate::model::{Item, Validated};
+use crate::model::{Item, Quota, Validated};
+use crate::retry;
 use crate::runlog::{self, RequestLine, RunLog};
 use crate::source::github::{GithubClient, GithubSource};
 use crate::source::{self, FileSource, Message, Source};
@@ -102,6 +104,7 @@ pub async fn send_from(
         buffer: Vec::new(),
         pending_keys: PendingKeys::default(),
         checkpoints: Checkpoints::default(),
+        quota: None,
         split_queue: VecDeque::new(),
         inflight: JoinSet::new(),
         inflight_items: HashMap::new(),
@@ -174,9 +177,11 @@ pub async fn send_from(
                 Some(Message::Usage(usage)) => {
                     pipeline.summary.github_requests += usage.requests;
                     pipeline.summary.github_not_modified += usage.not_modified;
-                    if let Some((remaining, reset)) = usage.quota {
-                        pipeline.summary.github_quota_remaining = Some(remaining);
-                        pipeline.summary.github_quota_reset = DateTime::from_timestamp(reset, 0).map(runlog::iso_millis);
+                    if let Some(quota) = usage.quota {
+                        pipeline.summary.github_quota_remaining = Some(quota.remaining);
+                        pipeline.summary.github_quota_reset =
+                            DateTime::from_timestamp(quota.reset, 0).map(runlog::iso_millis);
+                        pipeline.quota = Some(quota);
                     }
                 }
                 Some(Message::Fatal { input, message }) => {
@@ -213,6 +218,9 @@ pub async fn send_from(
         pipeline.summary.errors.push("reading the inputs stopped unexpectedly (a bug: see stderr)".to_owned());
     }
 
+    if let Some(quota) = pipeline.quota.take() {
+        pipeline.send_quota(&quota).await;
+    }
     let mut summary = pipeline.finish().await;
     summary.elapsed_seconds = started.elapsed().as_secs_f64();
     summary.peak_rss_bytes = peak_rss_bytes();
@@ -241,6 +249,8 @@ struct Pipeline<'a> {
     pending_keys: PendingKeys,
     /// Sources' checkpoints waiting for the items before them to settle.
     checkpoints: Checkpoints,
+    /// The GitHub token's quota, sent as gauges once the sources are done.
+    quota: Option<Quota>,
     /// Halves of requests Datadog found too large (413) or bad (400), to send again.
     split_queue: VecDeque<Vec<Planned>>,
     inflight: JoinSet<Delivery>,
@@ -528,6 +538,42 @@ impl Pipeline<'_> {
             self.checkpoints.settle(planned.chunk);
         }
         self.save_cursors().await;
+    }
+
+    /// The GitHub token's quota as three gauges, in a request of their own (int128's
+    /// `api_rate_limit` metrics). A failure is reported, and changes no exit code: the next pass
+    /// sends the quota again.
+    async fn send_quota(&mut self, quota: &Quota) {
+        let series = metrics::quota_series(&self.config.spec, quota, Utc::now().timestamp());
+        let mut line = format!(
+            "quota resource={} limit={} remaining={} used={}",
+            quota.resource, quota.limit, quota.remaining, quota.used
+        );
+        let status = match (&self.client, &self.halt) {
+            (None, _) => "dry-run".to_owned(),
+            (Some(_), Some(halt)) => format!("not-sent ({})", halt.describe()),
+            (Some(client), None) => match datadog::encode_compressed(&series, self.config.compression) {
+                Err(_) => "too-large".to_owned(),
+                Ok(body) => {
+                    let body = Bytes::from(body.compressed);
+                    let compression = self.config.compression;
+                    let mut shutdown = self.signals.clone();
+                    let outcome = retry::retry(&self.config.retry, 0, "quota request", &mut shutdown, || {
+                        client.post_series(body.clone(), compression)
+                    })
+                    .await;
+                    match outcome.result {
+                        Ok(accepted) => accepted.status.to_string(),
+                        Err(error) => {
+                            tracing::warn!(error = %error, "the GitHub quota gauges were not sent");
+                            format!("error: {error}")
+                        }
+                    }
+                }
+            },
+        };
+        line.push_str(&format!(" status={status}"));
+        self.log.note(&line);
     }
 
     /// Saves the cursors of the checkpoints whose items are all settled (in a dry run, in its

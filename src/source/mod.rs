@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::model::Validated;
+use crate::model::{Quota, Validated};
 
 pub mod file;
 pub mod github;
@@ -73,13 +73,12 @@ pub enum SourceEvent {
 }
 
 /// Requests a remote source made, and the quota its service said is left.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SourceUsage {
     pub requests: u64,
     /// Answered `304 Not Modified` (free of quota).
     pub not_modified: u64,
-    /// Quota left, and when it resets (unix seconds).
-    pub quota: Option<(u64, i64)>,
+    pub quota: Option<Quota>,
 }
 
 /// A position a source can resume from (for instance a repository's newest run seen).

@@ -93,6 +93,17 @@ fn an_idle_repository_costs_no_quota_and_thirty_new_runs_one_request() {
     let out = pass(&env, &intake, &github, &[]);
     assert_eq!(sent(&out), 30);
     assert_eq!(github.usage().0, requests + 4, "thirty new runs, one request");
+    // The token's quota goes to Datadog as gauges after each pass, as GitHub stated it last.
+    let quota = |name: &str| {
+        let metric = format!("github.actions.api_rate_limit.{name}");
+        let points: Vec<_> = intake.accepted().into_iter().filter(|point| point.metric == metric).collect();
+        let last = points.last().unwrap_or_else(|| panic!("no {metric}")).clone();
+        assert_eq!(last.tags, ["resource:core"]);
+        last.value
+    };
+    let spent = github.usage().2 as f64;
+    assert_eq!((quota("limit"), quota("remaining"), quota("used")), (5000.0, 5000.0 - spent, spent));
+    assert!(env.logs().pop().unwrap().contains("quota resource=core limit=5000"));
 }
 
 #[test]

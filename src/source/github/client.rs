@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
+use crate::model::Quota;
 use crate::retry::Retriable;
 
 /// A GitHub token. It has no `Display`, and its `Debug` never shows it.
@@ -99,8 +100,8 @@ pub struct GithubClient {
     token: GithubToken,
     /// How long to wait for a spent primary limit to reset before giving up.
     max_wait: Duration,
-    /// The quota left and its reset, from the last answer.
-    limit: Mutex<Option<(u64, DateTime<Utc>)>>,
+    /// The rate limit, from the last answer that stated it.
+    limit: Mutex<Option<Quota>>,
     requests: AtomicU64,
     not_modified: AtomicU64,
 }
@@ -143,9 +144,9 @@ impl GithubClient {
         }
     }
 
-    /// The quota left and when it resets, as GitHub said last.
-    pub fn quota(&self) -> Option<(u64, DateTime<Utc>)> {
-        *self.limit.lock().expect("the quota lock is never held across a panic")
+    /// The rate limit as GitHub stated it last.
+    pub fn quota(&self) -> Option<Quota> {
+        self.limit.lock().expect("the quota lock is never held across a panic").clone()
     }
 
     /// One GET, conditional when `etag` is given. Waits for a spent primary rate limit to reset
@@ -171,12 +172,18 @@ impl GithubClient {
         })?;
         let headers = response.headers();
         let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok()).map(str::trim);
-        let remaining = header("x-ratelimit-remaining").and_then(|value| value.parse::<u64>().ok());
-        let reset = header("x-ratelimit-reset")
-            .and_then(|value| value.parse::<i64>().ok())
-            .and_then(|seconds| DateTime::from_timestamp(seconds, 0));
-        if let (Some(remaining), Some(reset)) = (remaining, reset) {
-            *self.limit.lock().expect("the quota lock is never held across a panic") = Some((remaining, reset));
+        let number = |name: &str| header(name).and_then(|value| value.parse::<u64>().ok());
+        let remaining = number("x-ratelimit-remaining");
+        let reset = header("x-ratelimit-reset").and_then(|value| value.parse::<i64>().ok());
+        if let (Some(limit), Some(remaining), Some(reset)) = (number("x-ratelimit-limit"), remaining, reset) {
+            let quota = Quota {
+                limit,
+                remaining,
+                used: number("x-ratelimit-used").unwrap_or(limit.saturating_sub(remaining)),
+                reset,
+                resource: header("x-ratelimit-resource").unwrap_or("core").to_owned(),
+            };
+            *self.limit.lock().expect("the quota lock is never held across a panic") = Some(quota);
         }
         let retry_after = header("retry-after").and_then(|value| value.parse::<u64>().ok()).map(Duration::from_secs);
         let etag = header("etag").map(str::to_owned);
@@ -197,6 +204,7 @@ impl GithubClient {
             401 => Err(GithubError::Token { url: url.to_owned(), status, origin: self.token.origin.clone() }),
             403 | 429 if remaining == Some(0) && retry_after.is_none() => {
                 // The primary limit ran out under us: wait for it as before any request.
+                let reset = reset.and_then(|seconds| DateTime::from_timestamp(seconds, 0));
                 Err(GithubError::RateLimited { reset: reset.unwrap_or_else(Utc::now) })
             }
             _ => {
@@ -213,7 +221,10 @@ impl GithubClient {
     /// Before a request: if the last answer said the quota is spent, wait for its reset when it
     /// is near enough, else give up saying when it resets.
     async fn wait_for_quota(&self) -> Result<(), GithubError> {
-        let Some((0, reset)) = self.quota() else { return Ok(()) };
+        let Some(reset) = self.quota().filter(|quota| quota.remaining == 0).map(|quota| quota.reset) else {
+            return Ok(());
+        };
+        let reset = DateTime::from_timestamp(reset, 0).unwrap_or_else(Utc::now);
         let wait = (reset - Utc::now()).to_std().unwrap_or(Duration::ZERO);
         if wait > self.max_wait {
             return Err(GithubError::RateLimited { reset });

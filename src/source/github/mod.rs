@@ -270,7 +270,7 @@ impl Source for GithubSource {
         let _ = emit(SourceEvent::Usage(SourceUsage {
             requests: usage.requests,
             not_modified: usage.not_modified,
-            quota: self.client.quota().map(|(remaining, reset)| (remaining, reset.timestamp())),
+            quota: self.client.quota(),
         }));
     }
 }
@@ -478,7 +478,7 @@ fn fetch(
         Err(GithubError::Status { status, .. } | GithubError::Token { status, .. }) => status.to_string(),
         Err(_) => "error".to_owned(),
     };
-    let quota = client.quota().map_or_else(|| "-".to_owned(), |(remaining, _)| remaining.to_string());
+    let quota = client.quota().map_or_else(|| "-".to_owned(), |quota| quota.remaining.to_string());
     emit(SourceEvent::Log(format!(
         "github GET {url} status={status} attempts={} etag={} quota_remaining={quota}",
         outcome.attempts,

@@ -218,11 +218,13 @@ struct Limits {
 }
 
 impl Limits {
-    fn headers(&self, remaining: u64) -> [(&'static str, String); 3] {
+    fn headers(&self, remaining: u64) -> [(&'static str, String); 5] {
         [
             ("x-ratelimit-limit", self.quota.to_string()),
             ("x-ratelimit-remaining", remaining.to_string()),
+            ("x-ratelimit-used", (self.quota - remaining).to_string()),
             ("x-ratelimit-reset", self.reset.to_string()),
+            ("x-ratelimit-resource", "core".to_owned()),
         ]
     }
 }
