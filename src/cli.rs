@@ -131,6 +131,20 @@ pub struct SendArgs {
     #[arg(long, value_name = "PATH")]
     pub github_token_file: Option<PathBuf>,
 
+    /// Authenticate as this GitHub App (with --github-app-key-file) instead of with a token: its
+    /// installation tokens are bought and renewed as they expire.
+    #[arg(long, value_name = "ID", requires = "github_app_key_file")]
+    pub github_app_id: Option<String>,
+
+    /// The GitHub App's private key (PEM).
+    #[arg(long, value_name = "PATH", requires = "github_app_id")]
+    pub github_app_key_file: Option<PathBuf>,
+
+    /// The GitHub App's installation; else found from the first --github-org, or the first
+    /// --github repository.
+    #[arg(long, value_name = "ID", requires = "github_app_id")]
+    pub github_app_installation: Option<u64>,
+
     /// With --github: where a repository without a cursor starts, as a duration back from now
     /// (45m, 6h, 30d) or a date (2026-11-01, or RFC 3339). Default: --max-age.
     #[arg(long, value_name = "DURATION|DATE")]

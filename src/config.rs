@@ -11,7 +11,7 @@ use crate::ledger::Location;
 use crate::metrics::{self, SeriesSpec};
 use crate::model;
 use crate::retry::RetryPolicy;
-use crate::source::github::{GithubToken, Repositories, RescanPolicy};
+use crate::source::github::{GithubApp, GithubAuth, GithubToken, Repositories, RescanPolicy};
 use crate::source::Input;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,7 @@ pub enum ConfigError {
     NoInput,
     #[error("--github {value:?} is not owner/name")]
     GithubRepo { value: String },
-    #[error("no GitHub token for --github: set GITHUB_TOKEN or GH_TOKEN, or pass --github-token-file PATH (a token with `actions: read`)")]
+    #[error("no GitHub token for --github: set GITHUB_TOKEN or GH_TOKEN, pass --github-token-file PATH (a token with `actions: read`), or authenticate as an App with --github-app-id and --github-app-key-file")]
     MissingGithubToken,
     #[error("cannot read the GitHub token file {path}")]
     GithubTokenFile {
@@ -44,6 +44,8 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path} is not a GitHub App's private key (an RSA key in PEM): {reason}")]
+    GithubAppKey { path: PathBuf, reason: String },
     #[error("the GitHub token file {path} is empty")]
     EmptyGithubTokenFile { path: PathBuf },
     #[error("--github-api-url {url:?} is not an http:// or https:// URL")]
@@ -123,7 +125,7 @@ impl SendConfig {
 pub struct GithubConfig {
     pub repositories: Repositories,
     pub api_url: String,
-    pub token: GithubToken,
+    pub auth: GithubAuth,
     /// Where a repository without a cursor starts, unix seconds.
     pub since: i64,
     pub rescan: RescanPolicy,
@@ -280,17 +282,29 @@ fn github(args: &SendArgs, max_age: Duration) -> Result<Option<GithubConfig>, Co
         Some(url) => return Err(ConfigError::GithubApiUrl { url }),
         None => "https://api.github.com".to_owned(),
     };
-    let token = if let Some(token) = variable("GITHUB_TOKEN") {
-        GithubToken::new(token.trim().to_owned(), "GITHUB_TOKEN".into())
+    let auth = if let (Some(app_id), Some(key_file)) = (&args.github_app_id, &args.github_app_key_file) {
+        let pem = std::fs::read(key_file)
+            .map_err(|source| ConfigError::GithubTokenFile { path: key_file.clone(), source })?;
+        let discover = match (args.github_org.first(), repos.first()) {
+            (Some(org), _) => format!("orgs/{org}/installation"),
+            (None, Some((owner, name))) => format!("repos/{owner}/{name}/installation"),
+            (None, None) => String::new(),
+        };
+        let origin = key_file.display().to_string();
+        let app = GithubApp::new(app_id.clone(), &pem, origin, args.github_app_installation, discover)
+            .map_err(|error| ConfigError::GithubAppKey { path: key_file.clone(), reason: error.to_string() })?;
+        GithubAuth::App(app)
+    } else if let Some(token) = variable("GITHUB_TOKEN") {
+        GithubAuth::Token(GithubToken::new(token.trim().to_owned(), "GITHUB_TOKEN".into()))
     } else if let Some(token) = variable("GH_TOKEN") {
-        GithubToken::new(token.trim().to_owned(), "GH_TOKEN".into())
+        GithubAuth::Token(GithubToken::new(token.trim().to_owned(), "GH_TOKEN".into()))
     } else if let Some(path) = &args.github_token_file {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::GithubTokenFile { path: path.clone(), source })?;
         if text.trim().is_empty() {
             return Err(ConfigError::EmptyGithubTokenFile { path: path.clone() });
         }
-        GithubToken::new(text.trim().to_owned(), path.display().to_string())
+        GithubAuth::Token(GithubToken::new(text.trim().to_owned(), path.display().to_string()))
     } else {
         return Err(ConfigError::MissingGithubToken);
     };
@@ -318,7 +332,7 @@ fn github(args: &SendArgs, max_age: Duration) -> Result<Option<GithubConfig>, Co
     Ok(Some(GithubConfig {
         repositories,
         api_url,
-        token,
+        auth,
         since: start,
         rescan,
         max_wait: Duration::from_secs(args.github_max_wait),

@@ -56,7 +56,7 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
     }
     if let Some(github) = &config.github {
         let client =
-            GithubClient::new(&github.api_url, github.token.clone(), config.endpoint.request_timeout, github.max_wait)
+            GithubClient::new(&github.api_url, github.auth.clone(), config.endpoint.request_timeout, github.max_wait)
                 .map_err(|error| crate::Error::Source(error.to_string()))?;
         let repositories = github.repositories.clone();
         let source = GithubSource::new(client, repositories, github.since, github.rescan, config.retry.clone());

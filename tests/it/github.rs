@@ -249,6 +249,36 @@ fn an_organisation_is_fetched_repository_by_repository_with_filters() {
 }
 
 #[test]
+fn a_github_app_buys_installation_tokens_and_renews_them_before_they_expire() {
+    let env = Env::new();
+    let intake = Intake::start();
+    let github = GithubStandIn::start();
+    // Tokens that live 30 s: less than the minute the client keeps in hand, so each request
+    // renews it.
+    github.install_app("4242", 77, 30);
+    many_runs(&github, 150);
+    let key = crate::support::data("github-app-test-key.pem");
+    let app = |key: &std::path::Path| {
+        env.send(&intake)
+            .args(["--github", REPO, "--github-api-url", &github.url(), "--since", "2h", "--output", "json"])
+            .args(["--github-app-id", "4242", "--github-app-key-file", key.to_str().unwrap()])
+            .run()
+    };
+    let out = app(&key);
+    assert_eq!(sent(out.expect_code(0)), 150);
+    let (exchanges, tokens) = github.exchanges();
+    assert!(exchanges >= 3, "two pages and a rescan, a token each: {exchanges}");
+    let logs = env.logs().concat();
+    for token in tokens {
+        assert!(!out.stderr.contains(&token) && !logs.contains(&token), "{token} printed");
+    }
+    // A key that is not the App's: refused at the exchange, exit 2, nothing more sent.
+    let out = app(&crate::support::data("github-app-wrong-key.pem"));
+    out.expect_code(2);
+    assert!(out.stderr.contains("GitHub App 4242") && out.stderr.contains("401"), "{}", out.stderr);
+}
+
+#[test]
 fn a_missing_or_rejected_token_stops_before_anything_is_sent() {
     let env = Env::new();
     let intake = Intake::start();

@@ -35,6 +35,69 @@ impl std::fmt::Debug for GithubToken {
     }
 }
 
+/// A GitHub App: its id and private key sign a JWT, which buys an installation token that
+/// expires after an hour and is renewed before it does. Neither is ever printed.
+#[derive(Clone)]
+pub struct GithubApp {
+    pub app_id: String,
+    key: jsonwebtoken::EncodingKey,
+    /// The key file, for messages.
+    pub key_origin: String,
+    /// The installation, when given; else found with `discover`.
+    pub installation: Option<u64>,
+    /// `orgs/{org}/installation` or `repos/{o}/{r}/installation`: where to find the installation.
+    pub discover: String,
+}
+
+impl GithubApp {
+    /// # Errors
+    /// The key is not an RSA private key in PEM.
+    pub fn new(
+        app_id: String,
+        pem: &[u8],
+        key_origin: String,
+        installation: Option<u64>,
+        discover: String,
+    ) -> Result<GithubApp, jsonwebtoken::errors::Error> {
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem)?;
+        Ok(GithubApp { app_id, key, key_origin, installation, discover })
+    }
+
+    /// The app's JWT (RS256): issued a minute ago against clock drift, valid nine minutes.
+    fn jwt(&self) -> Result<String, GithubError> {
+        #[derive(serde::Serialize)]
+        struct Claims<'a> {
+            iat: i64,
+            exp: i64,
+            iss: &'a str,
+        }
+        let now = Utc::now().timestamp();
+        let claims = Claims { iat: now - 60, exp: now + 540, iss: &self.app_id };
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256), &claims, &self.key)
+            .map_err(|error| self.failed(&format!("cannot sign its JWT with {}: {error}", self.key_origin)))
+    }
+
+    fn failed(&self, detail: &str) -> GithubError {
+        GithubError::App { app_id: self.app_id.clone(), detail: detail.to_owned() }
+    }
+}
+
+impl std::fmt::Debug for GithubApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GithubApp({}, key <redacted> from {})", self.app_id, self.key_origin)
+    }
+}
+
+/// How requests authenticate.
+#[derive(Clone, Debug)]
+pub enum GithubAuth {
+    Token(GithubToken),
+    App(GithubApp),
+}
+
+/// An installation token is renewed when it has less than this left, seconds.
+const RENEW_BEFORE: i64 = 60;
+
 #[derive(Debug, thiserror::Error)]
 pub enum GithubError {
     #[error("failed to build the HTTP client for GitHub")]
@@ -43,6 +106,8 @@ pub enum GithubError {
     Transport { url: String, reason: String },
     #[error("GitHub rejected the token from {origin} ({status} at {url}): it needs read access to Actions (`actions: read`) on the repository")]
     Token { url: String, status: u16, origin: String },
+    #[error("GitHub App {app_id} could not get an installation token: {detail}")]
+    App { app_id: String, detail: String },
     #[error("GitHub's rate limit for this token is spent until {reset} (more than --github-max-wait away); the cursor stays where it was")]
     RateLimited { reset: DateTime<Utc> },
     #[error("GitHub answered {status} at {url}: {body}")]
@@ -58,7 +123,10 @@ impl Retriable for GithubError {
             GithubError::Status { status, body, retry_after, .. } => {
                 *status >= 500 || *status == 429 || (*status == 403 && (retry_after.is_some() || is_secondary(body)))
             }
-            GithubError::Client(_) | GithubError::Token { .. } | GithubError::RateLimited { .. } => false,
+            GithubError::Client(_)
+            | GithubError::Token { .. }
+            | GithubError::App { .. }
+            | GithubError::RateLimited { .. } => false,
         }
     }
 
@@ -97,7 +165,11 @@ pub struct Usage {
 pub struct GithubClient {
     http: reqwest::Client,
     api_url: String,
-    token: GithubToken,
+    auth: GithubAuth,
+    /// The installation token of an App, and when it expires (unix seconds).
+    installation_token: tokio::sync::Mutex<Option<(String, i64)>>,
+    /// Installation tokens bought, for the tests and the curious.
+    exchanges: AtomicU64,
     /// How long to wait for a spent primary limit to reset before giving up.
     max_wait: Duration,
     /// The rate limit, from the last answer that stated it.
@@ -111,7 +183,7 @@ impl GithubClient {
     /// The TLS backend cannot be initialised.
     pub fn new(
         api_url: &str,
-        token: GithubToken,
+        auth: GithubAuth,
         timeout: Duration,
         max_wait: Duration,
     ) -> Result<GithubClient, GithubError> {
@@ -124,7 +196,9 @@ impl GithubClient {
         Ok(GithubClient {
             http,
             api_url: api_url.trim_end_matches('/').to_owned(),
-            token,
+            auth,
+            installation_token: tokio::sync::Mutex::new(None),
+            exchanges: AtomicU64::new(0),
             max_wait,
             limit: Mutex::new(None),
             requests: AtomicU64::new(0),
@@ -156,10 +230,11 @@ impl GithubClient {
     /// A transport failure, a rejected token, a spent rate limit, or any other status.
     pub async fn get(&self, url: &str, etag: Option<&str>) -> Result<Page, GithubError> {
         self.wait_for_quota().await?;
+        let bearer = self.bearer().await?;
         let mut request = self
             .http
             .get(url)
-            .bearer_auth(&self.token.token)
+            .bearer_auth(&bearer)
             .header(reqwest::header::ACCEPT, "application/vnd.github+json")
             .header("X-GitHub-Api-Version", "2022-11-28");
         if let Some(etag) = etag {
@@ -201,7 +276,12 @@ impl GithubClient {
                 self.not_modified.fetch_add(1, Ordering::Relaxed);
                 Ok(Page { status, body: Bytes::new(), etag, next: None })
             }
-            401 => Err(GithubError::Token { url: url.to_owned(), status, origin: self.token.origin.clone() }),
+            401 => Err(match &self.auth {
+                GithubAuth::Token(token) => {
+                    GithubError::Token { url: url.to_owned(), status, origin: token.origin.clone() }
+                }
+                GithubAuth::App(app) => app.failed(&format!("its installation token was rejected (401 at {url})")),
+            }),
             403 | 429 if remaining == Some(0) && retry_after.is_none() => {
                 // The primary limit ran out under us: wait for it as before any request.
                 let reset = reset.and_then(|seconds| DateTime::from_timestamp(seconds, 0));
@@ -216,6 +296,96 @@ impl GithubClient {
                 Err(GithubError::Status { url: url.to_owned(), status, body, retry_after })
             }
         }
+    }
+
+    /// The bearer of the next request: the token, or the App's installation token, bought or
+    /// renewed when it has less than a minute left.
+    async fn bearer(&self) -> Result<String, GithubError> {
+        let app = match &self.auth {
+            GithubAuth::Token(token) => return Ok(token.token.clone()),
+            GithubAuth::App(app) => app,
+        };
+        let mut current = self.installation_token.lock().await;
+        if let Some((token, expires)) = current.as_ref() {
+            if *expires - Utc::now().timestamp() > RENEW_BEFORE {
+                return Ok(token.clone());
+            }
+        }
+        let jwt = app.jwt()?;
+        let installation = match app.installation {
+            Some(id) => id,
+            None => {
+                #[derive(serde::Deserialize)]
+                struct Installation {
+                    id: u64,
+                }
+                let url = self.url(&app.discover);
+                let body = self.app_request(app, self.http.get(&url), &jwt, &url, 200).await?;
+                serde_json::from_slice::<Installation>(&body)
+                    .map_err(|error| app.failed(&format!("{url} did not name an installation: {error}")))?
+                    .id
+            }
+        };
+        #[derive(serde::Deserialize)]
+        struct Token {
+            token: String,
+            expires_at: String,
+        }
+        let url = self.url(&format!("app/installations/{installation}/access_tokens"));
+        let body = self.app_request(app, self.http.post(&url), &jwt, &url, 201).await?;
+        let token: Token =
+            serde_json::from_slice(&body).map_err(|error| app.failed(&format!("{url} answered no token: {error}")))?;
+        let expires = DateTime::parse_from_rfc3339(&token.expires_at)
+            .map_err(|error| app.failed(&format!("{url} answered an expiry that is not a time: {error}")))?;
+        self.exchanges.fetch_add(1, Ordering::Relaxed);
+        *current = Some((token.token.clone(), expires.timestamp()));
+        Ok(token.token)
+    }
+
+    /// A request the App makes with its JWT (finding its installation, buying a token).
+    async fn app_request(
+        &self,
+        app: &GithubApp,
+        request: reqwest::RequestBuilder,
+        jwt: &str,
+        url: &str,
+        expected: u16,
+    ) -> Result<Bytes, GithubError> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let response = request
+            .bearer_auth(jwt)
+            .header(reqwest::header::ACCEPT, "application/vnd.github+json")
+            .header("X-GitHub-Api-Version", "2022-11-28")
+            .send()
+            .await
+            .map_err(|error| GithubError::Transport {
+                url: url.to_owned(),
+                reason: crate::error::error_chain(&error),
+            })?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await.map_err(|error| GithubError::Transport {
+            url: url.to_owned(),
+            reason: crate::error::error_chain(&error),
+        })?;
+        match status {
+            _ if status == expected => Ok(body),
+            500..=599 => Err(GithubError::Status {
+                url: url.to_owned(),
+                status,
+                body: String::from_utf8_lossy(&body).chars().take(300).collect(),
+                retry_after: None,
+            }),
+            _ => Err(app.failed(&format!(
+                "{url} answered {status}: {} (check the app id, its key in {}, and that it is installed with `actions: read`)",
+                String::from_utf8_lossy(&body).chars().take(200).collect::<String>(),
+                app.key_origin
+            ))),
+        }
+    }
+
+    /// Installation tokens bought so far.
+    pub fn exchanges(&self) -> u64 {
+        self.exchanges.load(Ordering::Relaxed)
     }
 
     /// Before a request: if the last answer said the quota is spent, wait for its reset when it

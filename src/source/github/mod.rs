@@ -35,7 +35,7 @@ use crate::retry::{self, RetryPolicy};
 
 mod client;
 
-pub use client::{GithubClient, GithubError, GithubToken, Usage};
+pub use client::{GithubApp, GithubAuth, GithubClient, GithubError, GithubToken, Usage};
 
 /// GitHub's cap on the results of a query that uses the `created` filter.
 const RESULT_CAP: u64 = 1000;
@@ -222,7 +222,7 @@ impl Source for GithubSource {
                 Err(Ended::Stopped) => return,
                 Err(Ended::Failed(error)) => {
                     let message = crate::error::error_chain(&error);
-                    let event = if matches!(error, GithubError::Token { .. }) {
+                    let event = if matches!(error, GithubError::Token { .. } | GithubError::App { .. }) {
                         SourceEvent::Fatal { input: format!("github-org:{org}"), message }
                     } else {
                         SourceEvent::Unavailable { input: format!("github-org:{org}"), message }
@@ -250,9 +250,12 @@ impl Source for GithubSource {
                 Err(Ended::Stopped) => return,
                 Err(Ended::Failed(error)) => {
                     // A rejected token or a spent quota holds for every repository: stop.
-                    let whole_source = matches!(error, GithubError::Token { .. } | GithubError::RateLimited { .. });
+                    let whole_source = matches!(
+                        error,
+                        GithubError::Token { .. } | GithubError::App { .. } | GithubError::RateLimited { .. }
+                    );
                     let message = crate::error::error_chain(&error);
-                    let event = if matches!(error, GithubError::Token { .. }) {
+                    let event = if matches!(error, GithubError::Token { .. } | GithubError::App { .. }) {
                         SourceEvent::Fatal { input: scope.clone(), message }
                     } else {
                         SourceEvent::Unavailable { input: scope.clone(), message }

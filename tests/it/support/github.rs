@@ -76,6 +76,18 @@ struct Inner {
     secondary: u32,
     /// Repositories of organisations: full name, archived.
     repos: Vec<(String, bool)>,
+    /// A GitHub App that may buy installation tokens, and the tokens it bought (with expiry).
+    app: Option<App>,
+    issued: Vec<(String, i64)>,
+    exchanges: u64,
+}
+
+/// The stand-in's GitHub App: its id, public key, installation, and how long a token lives.
+struct App {
+    id: String,
+    public_key: Vec<u8>,
+    installation: u64,
+    lifetime: i64,
 }
 
 #[derive(Clone)]
@@ -100,6 +112,9 @@ impl GithubStandIn {
                 let app = Router::new()
                     .route("/repos/{owner}/{repo}/actions/runs", get(list))
                     .route("/orgs/{org}/repos", get(org_repos))
+                    .route("/orgs/{org}/installation", get(installation))
+                    .route("/repos/{owner}/{repo}/installation", get(installation))
+                    .route("/app/installations/{id}/access_tokens", axum::routing::post(access_token))
                     .with_state(stand_in_state);
                 axum::serve(listener, app).await.expect("serve");
             });
@@ -138,6 +153,19 @@ impl GithubStandIn {
     /// A repository of an organisation (`org/name`), archived or not.
     pub fn add_repo(&self, full_name: &str, archived: bool) {
         self.inner.lock().unwrap().repos.push((full_name.to_owned(), archived));
+    }
+
+    /// Installs the test App (its key pair is in tests/data), whose installation tokens live
+    /// `lifetime` seconds.
+    pub fn install_app(&self, id: &str, installation: u64, lifetime: i64) {
+        let public_key = std::fs::read(crate::support::data("github-app-test-key.pub.pem")).unwrap();
+        self.inner.lock().unwrap().app = Some(App { id: id.to_owned(), public_key, installation, lifetime });
+    }
+
+    /// Installation tokens bought, and every token ever issued (to check none is printed).
+    pub fn exchanges(&self) -> (u64, Vec<String>) {
+        let inner = self.inner.lock().unwrap();
+        (inner.exchanges, inner.issued.iter().map(|(token, _)| token.clone()).collect())
     }
 
     pub fn reject_token(&self) {
@@ -243,13 +271,15 @@ fn admit(inner: &mut Inner, headers: &HeaderMap, uri: &axum::http::Uri) -> Resul
             (StatusCode::BAD_REQUEST, "missing Accept, X-GitHub-Api-Version or User-Agent").into_response(),
         ));
     }
-    if inner.reject_token || header("authorization") != format!("Bearer {GITHUB_TOKEN}") {
+    let now = Utc::now().timestamp();
+    let bearer = header("authorization").strip_prefix("Bearer ").unwrap_or("");
+    let installation_token = inner.issued.iter().any(|(token, expires)| token == bearer && *expires > now);
+    if inner.reject_token || !(bearer == GITHUB_TOKEN || installation_token) {
         return Err(Box::new(
             (StatusCode::UNAUTHORIZED, json!({"message": "Bad credentials"}).to_string()).into_response(),
         ));
     }
     // The hour is over: the quota is whole again.
-    let now = Utc::now().timestamp();
     if inner.reset.is_some_and(|reset| now >= reset) {
         inner.spent = 0;
         inner.reset = Some(now + 3600);
@@ -385,4 +415,53 @@ async fn org_repos(
     let body = Value::Array(shown).to_string();
     let next = (start + per_page < repos.len()).then(|| next_page(&headers, &uri, &query, page));
     answer(&mut inner, &limits, &headers, body, next)
+}
+
+/// The App's JWT, checked as GitHub does: RS256 with the App's key, issued by its id, unexpired.
+fn check_jwt(inner: &Inner, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    #[derive(serde::Deserialize)]
+    struct Claims {}
+    let refuse = |status: StatusCode, message: &str| {
+        Box::new((status, json!({ "message": message }).to_string()).into_response())
+    };
+    let Some(app) = &inner.app else { return Err(refuse(StatusCode::NOT_FOUND, "Not Found")) };
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or("");
+    if header("accept") != "application/vnd.github+json" || header("x-github-api-version") != "2022-11-28" {
+        return Err(refuse(StatusCode::BAD_REQUEST, "missing Accept or X-GitHub-Api-Version"));
+    }
+    let jwt = header("authorization").strip_prefix("Bearer ").unwrap_or("");
+    let key = jsonwebtoken::DecodingKey::from_rsa_pem(&app.public_key).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_issuer(&[&app.id]);
+    validation.set_required_spec_claims(&["exp", "iat", "iss"]);
+    match jsonwebtoken::decode::<Claims>(jwt, &key, &validation) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(refuse(StatusCode::UNAUTHORIZED, "A JSON web token could not be decoded")),
+    }
+}
+
+async fn installation(State((inner, _)): State<StandInState>, headers: HeaderMap) -> Response {
+    let inner = inner.lock().unwrap();
+    if let Err(response) = check_jwt(&inner, &headers) {
+        return *response;
+    }
+    let id = inner.app.as_ref().map_or(0, |app| app.installation);
+    (StatusCode::OK, json!({ "id": id, "app_id": 1 }).to_string()).into_response()
+}
+
+async fn access_token(State((inner, _)): State<StandInState>, Path(id): Path<u64>, headers: HeaderMap) -> Response {
+    let mut inner = inner.lock().unwrap();
+    if let Err(response) = check_jwt(&inner, &headers) {
+        return *response;
+    }
+    let (installation, lifetime) = inner.app.as_ref().map_or((0, 0), |app| (app.installation, app.lifetime));
+    if id != installation {
+        return (StatusCode::NOT_FOUND, json!({ "message": "Not Found" }).to_string()).into_response();
+    }
+    inner.exchanges += 1;
+    let token = format!("ghs_installation{:04}", inner.exchanges);
+    let expires = Utc::now().timestamp() + lifetime;
+    inner.issued.push((token.clone(), expires));
+    let body = json!({ "token": token, "expires_at": iso(expires), "permissions": { "actions": "read" } });
+    (StatusCode::CREATED, body.to_string()).into_response()
 }

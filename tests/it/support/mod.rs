@@ -193,6 +193,11 @@ pub fn kill(pid: u32, signal: &str) {
     assert!(status.success() || signal == "-9");
 }
 
+/// A file of `tests/data`.
+pub fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+}
+
 /// A folder of the workspace's `../shared` (real GitHub payloads, Datadog's spec). The tests that
 /// read it fail when it is missing instead of passing without their data.
 pub fn shared(folder: &str) -> PathBuf {
