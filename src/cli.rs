@@ -150,8 +150,8 @@ pub struct SendArgs {
     #[arg(long, value_name = "DURATION|DATE")]
     pub since: Option<String>,
 
-    /// With --github: how far back runs are listed again for their re-runs (a new attempt keeps
-    /// its run's creation time); 0 never. Rounded down to the day.
+    /// With --github: how far back from the cursor runs are listed again for their re-runs (a new
+    /// attempt keeps its run's creation time); 0: never.
     #[arg(long, value_name = "DURATION", default_value = "1d")]
     pub rescan: String,
 

@@ -55,13 +55,16 @@ fn five_thousand_new_runs_lose_none_to_the_thousand_result_cap() {
     let env = Env::new();
     let intake = Intake::start();
     let github = GithubStandIn::start();
-    // 5,000 runs over the last 50 minutes, two or three a second.
+    // A pass, then 5,000 runs created since, over 50 minutes, two or three a second.
+    github.add([GhRun::completed(REPO, 1, now - 3400)]);
+    assert_eq!(sent(pass(&env, &intake, &github, &["--historical"]).expect_code(0)), 1);
+    github.reset_usage();
     github.add((0..5000).map(|i| GhRun::completed(REPO, 100_000 + i, now - 3300 + (i as i64 * 3000 / 5000))));
     let out = pass(&env, &intake, &github, &["--historical"]);
     out.expect_code(0);
     assert_eq!(sent(&out), 5000);
-    assert_eq!(env.sent_keys().len(), 5000);
-    assert_eq!(intake.total(TOTAL), 5000.0);
+    assert_eq!(env.sent_keys().len(), 5001);
+    assert_eq!(intake.total(TOTAL), 5001.0);
     // It had to split the time range: GitHub shows the first 1,000 results of a query only.
     // Each split costs one request (a range's first page), the rest is one request per 100 runs.
     let urls = github.urls();
@@ -89,10 +92,18 @@ fn an_idle_repository_costs_no_quota_and_thirty_new_runs_one_request() {
         assert_eq!(sent(pass(&env, &intake, &github, &[]).expect_code(0)), 0);
     }
     assert_eq!(github.usage(), (requests + 3, not_modified + 3, spent), "idle passes must cost no quota");
+    // The rescan's listing, anchored on the cursor, is free too once it has its ETag.
+    pass(&env, &intake, &github, &["--rescan-every", "0"]).expect_code(0);
+    let (requests, not_modified, spent) = github.usage();
+    for _ in 0..2 {
+        assert_eq!(sent(pass(&env, &intake, &github, &["--rescan-every", "0"]).expect_code(0)), 0);
+    }
+    assert_eq!(github.usage(), (requests + 4, not_modified + 4, spent), "idle passes with rescans cost no quota");
     github.add((100..130).map(|id| GhRun::completed(REPO, id, now - 1000 + id as i64)));
+    let before = github.usage().0;
     let out = pass(&env, &intake, &github, &[]);
     assert_eq!(sent(&out), 30);
-    assert_eq!(github.usage().0, requests + 4, "thirty new runs, one request");
+    assert_eq!(github.usage().0, before + 1, "thirty new runs, one request");
     // The token's quota goes to Datadog as gauges after each pass, as GitHub stated it last.
     let quota = |name: &str| {
         let metric = format!("github.actions.api_rate_limit.{name}");

@@ -40,6 +40,12 @@ pub use client::{GithubApp, GithubAuth, GithubClient, GithubError, GithubToken, 
 /// GitHub's cap on the results of a query that uses the `created` filter.
 const RESULT_CAP: u64 = 1000;
 
+/// A listing is split when its `total_count` reaches this: every part then holds fewer than the
+/// cap, whatever GitHub counts at the edge.
+fn over_cap(total: u64) -> bool {
+    total >= RESULT_CAP
+}
+
 /// Where a repository's next pass starts.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Cursor {
@@ -66,8 +72,7 @@ struct Rescan {
 /// How far back and how often older runs are listed again, for their re-runs.
 #[derive(Clone, Copy, Debug)]
 pub struct RescanPolicy {
-    /// Seconds back from now (rounded down to the day, so that the listing's URL, and so its
-    /// `ETag`, holds for a day); 0: never.
+    /// Seconds back from the cursor (the newest run seen, or the oldest unfinished); 0: never.
     pub window: i64,
     /// Seconds between two rescans of a repository.
     pub every: i64,
@@ -335,12 +340,13 @@ impl Pass<'_> {
             // The ETag belongs to the listing from `low`: it is kept only if `low` stays.
             next.etag = head.etag.filter(|_| next.low == cursor.low);
         }
-        // Older runs within the rescan window, now and then, for their re-runs (new attempts).
+        // Older runs, created within the rescan window before the cursor, now and then, for
+        // their re-runs (new attempts). Anchored on the cursor, the listing's URL stays the same
+        // while nothing happens, and its ETag makes it free.
         let policy = self.source.rescan;
-        let from = (now - policy.window).div_euclid(86_400) * 86_400;
         let due = cursor.rescan.as_ref().is_none_or(|rescan| now - rescan.at >= policy.every);
-        if policy.window > 0 && due && from < cursor.low {
-            let to = cursor.low - 1;
+        if policy.window > 0 && due {
+            let (from, to) = (cursor.low - policy.window, cursor.low - 1);
             let etag = cursor
                 .rescan
                 .as_ref()
@@ -375,7 +381,7 @@ impl Pass<'_> {
         if first.status == 304 {
             return Ok(Listed { not_modified: true, etag: etag.map(str::to_owned) });
         }
-        if total_count(&first.body) <= RESULT_CAP {
+        if !over_cap(total_count(&first.body)) {
             let etag = first.etag.clone();
             self.page_through(first, seen, emit)?;
             return Ok(Listed { not_modified: false, etag });
@@ -384,7 +390,7 @@ impl Pass<'_> {
         let mut ranges = vec![(from, to.unwrap_or(now))];
         while let Some((from, to)) = ranges.pop() {
             let page = self.fetch(&self.listing(&format!("{}..{}", iso(from), iso(to))), None, emit)?;
-            if total_count(&page.body) > RESULT_CAP && to > from {
+            if over_cap(total_count(&page.body)) && to > from {
                 let middle = from + (to - from) / 2;
                 ranges.push((middle + 1, to));
                 ranges.push((from, middle));

@@ -172,6 +172,15 @@ impl GithubStandIn {
         self.inner.lock().unwrap().reject_token = true;
     }
 
+    /// Forgets the requests counted so far (the quota too).
+    pub fn reset_usage(&self) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.requests = 0;
+        inner.not_modified = 0;
+        inner.spent = 0;
+        inner.urls.clear();
+    }
+
     /// (requests, answered 304, quota spent).
     pub fn usage(&self) -> (u64, u64, u64) {
         let inner = self.inner.lock().unwrap();
