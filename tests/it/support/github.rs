@@ -80,6 +80,8 @@ struct Inner {
     app: Option<App>,
     issued: Vec<(String, i64)>,
     exchanges: u64,
+    /// Requests refused because the primary limit was spent.
+    over_limit: u64,
 }
 
 /// The stand-in's GitHub App: its id, public key, installation, and how long a token lives.
@@ -103,23 +105,14 @@ impl GithubStandIn {
         let template: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let inner = Arc::new(Mutex::new(Inner::default()));
         let stand_in_state = (inner.clone(), Arc::new(template));
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
-                sender.send(listener.local_addr().expect("local addr")).expect("send addr");
-                let app = Router::new()
-                    .route("/repos/{owner}/{repo}/actions/runs", get(list))
-                    .route("/orgs/{org}/repos", get(org_repos))
-                    .route("/orgs/{org}/installation", get(installation))
-                    .route("/repos/{owner}/{repo}/installation", get(installation))
-                    .route("/app/installations/{id}/access_tokens", axum::routing::post(access_token))
-                    .with_state(stand_in_state);
-                axum::serve(listener, app).await.expect("serve");
-            });
-        });
-        let addr = receiver.recv().expect("stand-in started");
+        let app = Router::new()
+            .route("/repos/{owner}/{repo}/actions/runs", get(list))
+            .route("/orgs/{org}/repos", get(org_repos))
+            .route("/orgs/{org}/installation", get(installation))
+            .route("/repos/{owner}/{repo}/installation", get(installation))
+            .route("/app/installations/{id}/access_tokens", axum::routing::post(access_token))
+            .with_state(stand_in_state);
+        let addr = crate::support::serve(app);
         GithubStandIn { inner, addr }
     }
 
@@ -170,6 +163,11 @@ impl GithubStandIn {
 
     pub fn reject_token(&self) {
         self.inner.lock().unwrap().reject_token = true;
+    }
+
+    /// Requests that came while the primary limit was spent.
+    pub fn over_limit(&self) -> u64 {
+        self.inner.lock().unwrap().over_limit
     }
 
     /// Forgets the requests counted so far (the quota too).
@@ -304,6 +302,7 @@ fn admit(inner: &mut Inner, headers: &HeaderMap, uri: &axum::http::Uri) -> Resul
         ));
     }
     if inner.spent >= limits.quota {
+        inner.over_limit += 1;
         let message = json!({"message": "API rate limit exceeded for user ID 1."});
         return Err(Box::new((StatusCode::FORBIDDEN, limits.headers(0), message.to_string()).into_response()));
     }
@@ -335,6 +334,12 @@ fn answer(inner: &mut Inner, limits: &Limits, headers: &HeaderMap, body: String,
     response
 }
 
+/// `per_page` (30 by default, at most 100, as GitHub has it) and `page` (from 1).
+fn paging(query: &HashMap<String, String>) -> (usize, usize) {
+    let number = |name: &str| query.get(name).and_then(|value| value.parse::<usize>().ok());
+    (number("per_page").unwrap_or(30).min(100), number("page").unwrap_or(1).max(1))
+}
+
 /// The URL of the next page, as GitHub writes it: the query as asked, with the page number.
 fn next_page(headers: &HeaderMap, uri: &axum::http::Uri, query: &HashMap<String, String>, page: usize) -> String {
     let mut next: Vec<(String, String)> =
@@ -361,8 +366,7 @@ async fn list(
         Ok(limits) => limits,
         Err(response) => return *response,
     };
-    let per_page: usize = query.get("per_page").and_then(|v| v.parse().ok()).unwrap_or(30).min(100);
-    let page: usize = query.get("page").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
+    let (per_page, page) = paging(&query);
     let created = match query.get("created") {
         Some(value) => match created_filter(value) {
             Some(range) => Some(range),
@@ -406,8 +410,7 @@ async fn org_repos(
         Ok(limits) => limits,
         Err(response) => return *response,
     };
-    let per_page: usize = query.get("per_page").and_then(|v| v.parse().ok()).unwrap_or(30).min(100);
-    let page: usize = query.get("page").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
+    let (per_page, page) = paging(&query);
     let mut repos: Vec<&(String, bool)> =
         inner.repos.iter().filter(|(full_name, _)| full_name.split('/').next() == Some(org.as_str())).collect();
     repos.sort();

@@ -104,20 +104,11 @@ impl Intake {
         silence_dropped_connection_panics();
         let inner = Arc::new(Mutex::new(Inner::default()));
         let state = inner.clone();
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
-                sender.send(listener.local_addr().expect("local addr")).expect("send addr");
-                let app = Router::new()
-                    .route("/api/v2/series", post(series))
-                    .route("/api/v1/validate", get(validate))
-                    .with_state(state);
-                axum::serve(listener, app).await.expect("serve");
-            });
-        });
-        let addr = receiver.recv().expect("intake started");
+        let app = Router::new()
+            .route("/api/v2/series", post(series))
+            .route("/api/v1/validate", get(validate))
+            .with_state(state);
+        let addr = super::serve(app);
         Intake { inner, addr }
     }
 

@@ -193,6 +193,20 @@ pub fn kill(pid: u32, signal: &str) {
     assert!(status.success() || signal == "-9");
 }
 
+/// Serves `app` on 127.0.0.1 (a free port) from a thread of its own, for the life of the tests.
+pub fn serve(app: axum::Router) -> std::net::SocketAddr {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
+            sender.send(listener.local_addr().expect("local addr")).expect("send addr");
+            axum::serve(listener, app).await.expect("serve");
+        });
+    });
+    receiver.recv().expect("server started")
+}
+
 /// A file of `tests/data`.
 pub fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
