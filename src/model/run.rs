@@ -5,7 +5,9 @@
 //! - run key: `owner/repo:run_id:attempt`, owner and repo lowercased (GitHub names are
 //!   case-insensitive); it identifies one attempt of one run of one repository.
 //! - fallbacks for old or partial payloads: no `run_attempt` means attempt 1; no `run_started_at`
-//!   means the duration is measured from `created_at` and no queued duration is sent; the workflow
+//!   means the duration is measured from `created_at` (attempt 1 only: a re-run's `created_at` is
+//!   the first attempt's, so a re-run without its start has no duration) and no queued duration
+//!   is sent; the workflow
 //!   name falls back from `workflowName`/`workflow.name` to `name`, then the file name of `path`,
 //!   then `unknown`; a missing event is `unknown`; a missing branch or workflow id drops that tag.
 //! - the point timestamp is the completion time (`updated_at`), so a resent run yields identical
@@ -236,7 +238,9 @@ fn validate_inner(raw: &RawRun, default_repo: Option<&(String, String)>) -> Resu
         .ok_or_else(|| invalid("a completed run without a completion time (updated_at)"))?;
     let created_ms = time(raw, raw.created_at.as_ref(), "created_at")?;
     let started_ms = time(raw, raw.run_started_at.as_ref(), "run_started_at")?;
-    let duration_from = started_ms.or(created_ms);
+    // `created_at` is the first attempt's creation: a re-run measured from it would span every
+    // attempt (gh rows of re-runs lack `startedAt`), so a re-run without its start has no duration.
+    let duration_from = started_ms.or(created_ms.filter(|_| attempt == 1));
     let duration_seconds = duration_from.map(|start| completed_ms - start).filter(|ms| *ms >= 0).map(millis_to_seconds);
     let queued_seconds = match (attempt, created_ms, started_ms) {
         (1, Some(created), Some(started)) if started >= created => Some(millis_to_seconds(started - created)),
@@ -525,6 +529,15 @@ mod tests {
         check(
             &with(completed(), "attempt", Scalar::UInt(2)),
             "octo-org/repo:42:2 success wf=CI id=Some(7) ev=push br=Some(\"main\") at=1714557900 dur=Some(269.5) q=None",
+        );
+    }
+
+    #[test]
+    fn a_rerun_without_its_start_has_no_duration() {
+        let fields = with(without(completed(), "started"), "attempt", Scalar::UInt(3));
+        check(
+            &fields,
+            "octo-org/repo:42:3 success wf=CI id=Some(7) ev=push br=Some(\"main\") at=1714557900 dur=None q=None",
         );
     }
 
