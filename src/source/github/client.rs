@@ -168,8 +168,6 @@ pub struct GithubClient {
     auth: GithubAuth,
     /// The installation token of an App, and when it expires (unix seconds).
     installation_token: tokio::sync::Mutex<Option<(String, i64)>>,
-    /// Installation tokens bought, for the tests and the curious.
-    exchanges: AtomicU64,
     /// How long to wait for a spent primary limit to reset before giving up.
     max_wait: Duration,
     /// The rate limit, from the last answer that stated it.
@@ -198,7 +196,6 @@ impl GithubClient {
             api_url: api_url.trim_end_matches('/').to_owned(),
             auth,
             installation_token: tokio::sync::Mutex::new(None),
-            exchanges: AtomicU64::new(0),
             max_wait,
             limit: Mutex::new(None),
             requests: AtomicU64::new(0),
@@ -337,7 +334,6 @@ impl GithubClient {
             serde_json::from_slice(&body).map_err(|error| app.failed(&format!("{url} answered no token: {error}")))?;
         let expires = DateTime::parse_from_rfc3339(&token.expires_at)
             .map_err(|error| app.failed(&format!("{url} answered an expiry that is not a time: {error}")))?;
-        self.exchanges.fetch_add(1, Ordering::Relaxed);
         *current = Some((token.token.clone(), expires.timestamp()));
         Ok(token.token)
     }
@@ -381,11 +377,6 @@ impl GithubClient {
                 app.key_origin
             ))),
         }
-    }
-
-    /// Installation tokens bought so far.
-    pub fn exchanges(&self) -> u64 {
-        self.exchanges.load(Ordering::Relaxed)
     }
 
     /// Before a request: if the last answer said the quota is spent, wait for its reset when it
