@@ -35,9 +35,14 @@ fn a_run_in_progress_over_many_passes_is_sent_once_after_it_completes() {
         GhRun::completed(REPO, 3, now - 1300),
     ]);
     assert_eq!(sent(pass(&env, &intake, &github, &[]).expect_code(0)), 2);
+    // The next pass learns the ETags of the listing and of the run in progress...
+    assert_eq!(sent(pass(&env, &intake, &github, &[]).expect_code(0)), 0);
+    let spent = github.usage().2;
+    // ...after which waiting for it costs nothing.
     for _ in 0..3 {
         assert_eq!(sent(pass(&env, &intake, &github, &[]).expect_code(0)), 0, "still in progress");
     }
+    assert_eq!(github.usage().2, spent, "a run in progress is watched with free 304s");
     github.update(2, |run| {
         run.status = "completed";
         run.conclusion = Some("failure");

@@ -1,13 +1,13 @@
 //! Runs fetched from GitHub's REST API itself (`send --github OWNER/REPO`), incrementally.
 //!
 //! Each repository keeps a cursor (its scope is `github:owner/repo`): `low`, the creation time
-//! from which the next pass lists runs, and the `ETag` of that listing. A pass lists
-//! `GET /repos/{o}/{r}/actions/runs?created=>=low` newest first, following the `Link` header,
-//! and yields every run to the pipeline (which skips what its ledger already has). The next `low`
-//! is the creation time of the oldest run still queued or in progress, else of the newest run
-//! seen: so a run that stays in progress for days is listed again on every pass until it
-//! completes, and then sent once; an idle repository's listing is the same URL as before, and
-//! GitHub answers its `If-None-Match` with a `304` that costs no quota.
+//! from which the next pass lists runs (the newest run seen), the `ETag` of that listing, and the
+//! runs seen unfinished. A pass lists `GET /repos/{o}/{r}/actions/runs?created=>=low` newest
+//! first, following the `Link` header, and yields every run to the pipeline (which skips what its
+//! ledger already has); then asks for each unfinished run (`GET .../runs/{id}`) with its `ETag`,
+//! so that a run in progress for days costs a free `304` a pass and is sent once, in the first
+//! pass after it completes. An idle repository's listing is the same URL as before, and GitHub
+//! answers its `If-None-Match` with a `304` that costs no quota.
 //!
 //! GitHub returns at most 1,000 results for a query with a `created` filter, whatever
 //! `total_count` says: a listing that holds more is split into time ranges, halved until each
@@ -17,9 +17,10 @@
 //! saved only once every run yielded before it is sent, recorded or dead-lettered, so a crash or
 //! a failed request leaves the old cursor and the next pass lists those runs again.
 //!
-//! Re-runs: a new attempt keeps its run's creation time, so it is seen when that time is at or
-//! after `low`, which stays at the oldest unfinished run; a re-run of a run older than that is
-//! not listed again: the `workflow_run` event path (`on: workflow_run`) sends every attempt.
+//! Re-runs: a new attempt keeps its run's creation time, so once the cursor has passed it, only
+//! the rescan (`--rescan` before the cursor, every `--rescan-every`) lists it again; a re-run in
+//! progress it finds is watched like any unfinished run. Re-runs of older runs are not seen: the
+//! `workflow_run` event path (`on: workflow_run`) sends every attempt.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -57,6 +58,17 @@ struct Cursor {
     /// The last rescan of older runs (for their re-runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rescan: Option<Rescan>,
+    /// Runs seen unfinished, asked for one by one until they complete.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    watch: Vec<Watched>,
+}
+
+/// A run seen unfinished, with the `ETag` of its last answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Watched {
+    id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    etag: Option<String>,
 }
 
 /// A listing of the runs created in `from..=to`, older than the cursor, at `at`.
@@ -304,11 +316,11 @@ struct Listed {
     etag: Option<String>,
 }
 
-/// The oldest unfinished and the newest run a pass has seen, by creation time.
+/// What a pass has seen: the newest run by creation time, and the runs not finished yet.
 #[derive(Default)]
 struct Seen {
-    oldest_unfinished: Option<i64>,
     newest: Option<i64>,
+    unfinished: Vec<u64>,
 }
 
 /// One pass over one repository. HTTP runs on `runtime`; items are handed over outside it (the
@@ -332,13 +344,40 @@ impl Pass<'_> {
             .unwrap_or(Cursor { low: self.source.since, ..Cursor::default() });
         let now = Utc::now().timestamp();
         let mut next = cursor.clone();
-        // New runs, and runs not finished at the last pass: everything created since the cursor.
+        // New runs: everything created since the cursor.
         let mut seen = Seen::default();
         let head = self.list(cursor.low, None, cursor.etag.as_deref(), now, &mut seen, emit)?;
         if !head.not_modified {
-            next.low = seen.oldest_unfinished.or(seen.newest).unwrap_or(cursor.low).max(cursor.low);
+            next.low = seen.newest.unwrap_or(cursor.low).max(cursor.low);
             // The ETag belongs to the listing from `low`: it is kept only if `low` stays.
             next.etag = head.etag.filter(|_| next.low == cursor.low);
+        }
+        // Runs not finished at the last pass, one by one with their ETags: a run that stays in
+        // progress for days costs a free 304 a pass, and is sent once it completes. (Those the
+        // listing just showed are not asked again.)
+        next.watch.clear();
+        for watched in &cursor.watch {
+            if seen.unfinished.contains(&watched.id) {
+                continue;
+            }
+            let url =
+                self.source.client.url(&format!("repos/{}/{}/actions/runs/{}", self.owner, self.name, watched.id));
+            let page = match self.fetch(&url, watched.etag.as_deref(), emit) {
+                Ok(page) => page,
+                // Deleted since: nothing to wait for.
+                Err(Ended::Failed(GithubError::Status { status: 404 | 410, .. })) => continue,
+                Err(ended) => return Err(ended),
+            };
+            if page.status == 304 {
+                next.watch.push(watched.clone());
+                continue;
+            }
+            let etag = page.etag.clone();
+            let mut run = Seen::default();
+            self.page_through(page, &mut run, emit)?;
+            if run.unfinished.contains(&watched.id) {
+                next.watch.push(Watched { id: watched.id, etag });
+            }
         }
         // Older runs, created within the rescan window before the cursor, now and then, for
         // their re-runs (new attempts). Anchored on the cursor, the listing's URL stays the same
@@ -352,8 +391,15 @@ impl Pass<'_> {
                 .as_ref()
                 .filter(|last| (last.from, last.to) == (from, to))
                 .and_then(|last| last.etag.as_deref());
-            let listed = self.list(from, Some(to), etag, now, &mut Seen::default(), emit)?;
+            let listed = self.list(from, Some(to), etag, now, &mut seen, emit)?;
             next.rescan = Some(Rescan { at: now, from, to, etag: listed.etag });
+        }
+        // Runs the listings showed unfinished (new ones, and re-runs under way) are watched from
+        // the next pass on.
+        for id in seen.unfinished {
+            if !next.watch.iter().any(|watched| watched.id == id) {
+                next.watch.push(Watched { id, etag: None });
+            }
         }
         if next != cursor {
             let cursor = serde_json::to_string(&next).expect("a cursor serialises: numbers and strings");
@@ -441,10 +487,11 @@ impl Pass<'_> {
                         let validated = validate_run(&raw, None);
                         if let Some(created) = created {
                             seen.newest = Some(seen.newest.map_or(created, |newest| newest.max(created)));
-                            if matches!(validated, Validated::NotCompleted { .. }) {
-                                seen.oldest_unfinished =
-                                    Some(seen.oldest_unfinished.map_or(created, |oldest| oldest.min(created)));
-                            }
+                        }
+                        if let (Validated::NotCompleted { .. }, Some(crate::model::Scalar::UInt(id))) =
+                            (&validated, &raw.id)
+                        {
+                            seen.unfinished.push(*id);
                         }
                         validated
                     }
@@ -516,9 +563,14 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_scopes_are_lowercase() {
-        let cursor = Cursor { low: 1_700_000_000, etag: Some("W/\"abc\"".into()), rescan: None };
+        let cursor = Cursor {
+            low: 1_700_000_000,
+            etag: Some("W/\"abc\"".into()),
+            watch: vec![Watched { id: 7, etag: None }],
+            ..Cursor::default()
+        };
         let text = serde_json::to_string(&cursor).unwrap();
-        assert_eq!(text, r#"{"low":1700000000,"etag":"W/\"abc\""}"#);
+        assert_eq!(text, r#"{"low":1700000000,"etag":"W/\"abc\"","watch":[{"id":7}]}"#);
         assert_eq!(serde_json::from_str::<Cursor>(&text).unwrap(), cursor);
         assert_eq!(serde_json::from_str::<Cursor>(r#"{"low":5}"#).unwrap(), Cursor { low: 5, ..Cursor::default() });
         assert_eq!(scope("Octo-Org", "Repo"), "github:octo-org/repo");

@@ -107,6 +107,7 @@ impl GithubStandIn {
         let stand_in_state = (inner.clone(), Arc::new(template));
         let app = Router::new()
             .route("/repos/{owner}/{repo}/actions/runs", get(list))
+            .route("/repos/{owner}/{repo}/actions/runs/{id}", get(one_run))
             .route("/orgs/{org}/repos", get(org_repos))
             .route("/orgs/{org}/installation", get(installation))
             .route("/repos/{owner}/{repo}/installation", get(installation))
@@ -395,6 +396,26 @@ async fn list(
     let body = json!({"total_count": total, "workflow_runs": shown}).to_string();
     let next = (start + per_page < reachable).then(|| next_page(&headers, &uri, &query, page));
     answer(&mut inner, &limits, &headers, body, next)
+}
+
+/// `GET /repos/{o}/{r}/actions/runs/{id}`: one run, or 404.
+async fn one_run(
+    State((inner, template)): State<StandInState>,
+    Path((owner, repo, id)): Path<(String, String, u64)>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let mut inner = inner.lock().unwrap();
+    let limits = match admit(&mut inner, &headers, &uri) {
+        Ok(limits) => limits,
+        Err(response) => return *response,
+    };
+    let full_name = format!("{owner}/{repo}");
+    let Some(run) = inner.runs.iter().find(|run| run.id == id && run.repo.eq_ignore_ascii_case(&full_name)) else {
+        return (StatusCode::NOT_FOUND, json!({"message": "Not Found"}).to_string()).into_response();
+    };
+    let body = render(&template, run).to_string();
+    answer(&mut inner, &limits, &headers, body, None)
 }
 
 /// `GET /orgs/{org}/repos`: a plain array of repositories, by name.
