@@ -295,6 +295,52 @@ fn a_github_app_buys_installation_tokens_and_renews_them_before_they_expire() {
 }
 
 #[test]
+fn github_outages_are_retried_and_a_lasting_one_leaves_the_cursor() {
+    let now = fixtures::now();
+    let env = Env::new();
+    let intake = Intake::start();
+    let github = GithubStandIn::start();
+    github.add([GhRun::completed(REPO, 1, now - 1000)]);
+    github.fail_next(2);
+    let out = pass(&env, &intake, &github, &[]);
+    assert_eq!(sent(out.expect_code(0)), 1);
+    assert_eq!(out.stderr.matches("retrying GitHub request").count(), 2, "{}", out.stderr);
+    // An outage that outlasts the retries: exit 1, nothing lost for the next pass.
+    github.add([GhRun::completed(REPO, 2, now - 900)]);
+    github.fail_next(100);
+    let out = pass(&env, &intake, &github, &["--max-attempts", "2"]);
+    out.expect_code(1);
+    assert!(out.stderr.contains("502"), "{}", out.stderr);
+    github.fail_next(0);
+    assert_eq!(sent(pass(&env, &intake, &github, &[]).expect_code(0)), 1);
+}
+
+#[test]
+fn the_token_and_the_api_root_come_from_where_github_actions_puts_them() {
+    let now = fixtures::now();
+    let env = Env::new();
+    let intake = Intake::start();
+    let github = GithubStandIn::start();
+    github.add([GhRun::completed(REPO, 1, now - 1000)]);
+    // GH_TOKEN when GITHUB_TOKEN is not set, and the API root from GITHUB_API_URL.
+    let out = env
+        .send(&intake)
+        .args(["--github", REPO, "--since", "2h", "--output", "json"])
+        .var("GH_TOKEN", GITHUB_TOKEN)
+        .var("GITHUB_API_URL", &github.url())
+        .run();
+    assert_eq!(sent(out.expect_code(0)), 1);
+    // A token file when neither variable is set.
+    github.add([GhRun::completed(REPO, 2, now - 900)]);
+    let file = env.file("token", format!("{GITHUB_TOKEN}\n"));
+    let out = env
+        .send(&intake)
+        .args(["--github", REPO, "--github-api-url", &github.url(), "--github-token-file", &file, "--output", "json"])
+        .run();
+    assert_eq!(sent(out.expect_code(0)), 1);
+}
+
+#[test]
 fn a_missing_or_rejected_token_stops_before_anything_is_sent() {
     let env = Env::new();
     let intake = Intake::start();

@@ -82,6 +82,8 @@ struct Inner {
     exchanges: u64,
     /// Requests refused because the primary limit was spent.
     over_limit: u64,
+    /// The next requests answered 502 (a GitHub outage).
+    failing: u32,
 }
 
 /// The stand-in's GitHub App: its id, public key, installation, and how long a token lives.
@@ -137,6 +139,11 @@ impl GithubStandIn {
         inner.quota = Some(quota);
         inner.spent = 0;
         inner.reset = Some(Utc::now().timestamp() + reset_in);
+    }
+
+    /// Answers the next `count` requests with 502 Bad Gateway.
+    pub fn fail_next(&self, count: u32) {
+        self.inner.lock().unwrap().failing = count;
     }
 
     /// Answers the next `count` requests with GitHub's secondary rate limit.
@@ -293,6 +300,10 @@ fn admit(inner: &mut Inner, headers: &HeaderMap, uri: &axum::http::Uri) -> Resul
         inner.reset = Some(now + 3600);
     }
     let limits = Limits { quota: inner.quota.unwrap_or(QUOTA), reset: inner.reset.unwrap_or(now + 3600) };
+    if inner.failing > 0 {
+        inner.failing -= 1;
+        return Err(Box::new((StatusCode::BAD_GATEWAY, "<html>502 Bad Gateway</html>").into_response()));
+    }
     if inner.secondary > 0 {
         inner.secondary -= 1;
         let message = json!({"message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."});
