@@ -44,6 +44,12 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read the GitHub App's private key file {path}")]
+    GithubAppKeyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path} is not a GitHub App's private key (an RSA key in PEM): {reason}")]
     GithubAppKey { path: PathBuf, reason: String },
     #[error("the GitHub token file {path} is empty")]
@@ -284,7 +290,7 @@ fn github(args: &SendArgs, max_age: Duration) -> Result<Option<GithubConfig>, Co
     };
     let auth = if let (Some(app_id), Some(key_file)) = (&args.github_app_id, &args.github_app_key_file) {
         let pem = std::fs::read(key_file)
-            .map_err(|source| ConfigError::GithubTokenFile { path: key_file.clone(), source })?;
+            .map_err(|source| ConfigError::GithubAppKeyFile { path: key_file.clone(), source })?;
         let discover = match (args.github_org.first(), repos.first()) {
             (Some(org), _) => format!("orgs/{org}/installation"),
             (None, Some((owner, name))) => format!("repos/{owner}/{name}/installation"),
