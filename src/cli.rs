@@ -164,6 +164,16 @@ pub struct SendArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub github_max_wait: u64,
 
+    /// Send job series too (job.total, job.conclusion.*, job.duration_second,
+    /// job.queued_duration_second) for the jobs in the inputs (the jobs API's bodies and objects,
+    /// workflow_job payloads).
+    #[arg(long)]
+    pub jobs: bool,
+
+    /// Send step series too (step.total, step.conclusion.*, step.duration_second); implies --jobs.
+    #[arg(long)]
+    pub steps: bool,
+
     /// Repository (owner/name) of gh run list rows that carry no url.
     #[arg(long, value_name = "OWNER/NAME")]
     pub repo: Option<String>,

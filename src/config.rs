@@ -101,6 +101,10 @@ pub struct SendConfig {
     pub default_repo: Option<(String, String)>,
     /// `--github`: runs fetched from GitHub's API.
     pub github: Option<GithubConfig>,
+    /// `--jobs` (also set by `--steps`): job items are sent, not only counted.
+    pub jobs: bool,
+    /// `--steps`: a job's steps are items of their own.
+    pub steps: bool,
     pub max_age: Duration,
     pub historical: bool,
     pub stamp_now: bool,
@@ -198,6 +202,8 @@ impl SendConfig {
             spec: SeriesSpec { prefix, extra_tags },
             default_repo,
             github,
+            jobs: args.jobs || args.steps,
+            steps: args.steps,
             max_age,
             historical: args.historical,
             stamp_now: args.stamp_now,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::model::{Entity, Item};
 
+mod job;
 mod quota;
 mod run;
 pub mod tags;
@@ -79,6 +80,8 @@ pub type Gauges = [Option<f64>; MAX_GAUGES];
 pub fn family(entity: Entity) -> &'static Family {
     match entity {
         Entity::WorkflowRun => &run::FAMILY,
+        Entity::Job => &job::JOB,
+        Entity::Step => &job::STEP,
     }
 }
 
@@ -125,10 +128,16 @@ impl Planner {
     }
 
     pub fn plan(&mut self, item: Item, timestamp: i64) -> Planned {
-        // The cache key: every field the tags are made of, apart.
+        // The cache key: the entity, and every field the tags are made of, apart.
         self.scratch.clear();
+        self.scratch.push_str(item.entity().name());
+        self.scratch.push('\u{1e}');
         match &item {
             Item::Run(run) => run::cache_key(run, &mut self.scratch),
+            Item::Job(job) => job::cache_key(&job.context, &job.conclusion, None, &mut self.scratch),
+            Item::Step(step) => {
+                job::cache_key(&step.context, &step.conclusion, Some(&step.name), &mut self.scratch);
+            }
         }
         let (tags, hash) = match self.cache.get(self.scratch.as_str()) {
             Some((tags, hash)) => (tags.clone(), *hash),
@@ -167,6 +176,8 @@ impl Planned {
     fn new(item: Item, timestamp: i64, tags: Arc<[String]>, hash: TagSetHash) -> Planned {
         let gauges = match &item {
             Item::Run(run) => run::gauges(run),
+            Item::Job(job) => job::job_gauges(job),
+            Item::Step(step) => job::step_gauges(step),
         };
         Planned { item, timestamp, tags, tag_hash: hash.0, point_key: hash.at(timestamp), gauges, chunk: 0 }
     }
@@ -188,6 +199,8 @@ impl SeriesSpec {
     fn tags(&self, item: &Item) -> Vec<String> {
         let mut tags = match item {
             Item::Run(run) => run::tags(run, self.extra_tags.len()),
+            Item::Job(job) => job::job_tags(job, self.extra_tags.len()),
+            Item::Step(step) => job::step_tags(step, self.extra_tags.len()),
         };
         tags.extend(self.extra_tags.iter().cloned());
         tags

@@ -6,12 +6,14 @@
 //! carry their kind as a segment after the repository (`owner/repo:<kind>:...`), so one ledger
 //! holds them all apart and the first ledgers' run keys stay valid.
 
+mod job;
 mod run;
 mod scalar;
 
 #[cfg(test)]
 pub(crate) use run::testing;
 
+pub use job::{validate_job, Job, JobContext, RawJob, RawStep, Step};
 pub use run::{run_key, split_full_name, validate_run, RawRun, RepoRef, Run, GH_JSON_FIELDS};
 pub use scalar::Scalar;
 pub(crate) use scalar::ScalarVisitor;
@@ -22,16 +24,22 @@ pub enum Entity {
     /// One attempt of one workflow run. Key: `owner/repo:run_id:attempt` (the format of the
     /// first ledgers, kept so that they stay valid).
     WorkflowRun,
+    /// One job. Key: `owner/repo:job:<job_id>` (a re-run's jobs get new ids).
+    Job,
+    /// One step of a job. Key: `owner/repo:job:<job_id>:step:<number>`.
+    Step,
 }
 
 impl Entity {
     /// Every entity, in the order the README's metrics table lists them.
-    pub const ALL: [Entity; 1] = [Entity::WorkflowRun];
+    pub const ALL: [Entity; 3] = [Entity::WorkflowRun, Entity::Job, Entity::Step];
 
     /// The entity's segment of metric names (`<prefix>.<name>.total`), as int128's action names it.
     pub fn name(self) -> &'static str {
         match self {
             Entity::WorkflowRun => "workflow_run",
+            Entity::Job => "job",
+            Entity::Step => "step",
         }
     }
 }
@@ -52,12 +60,17 @@ pub struct Quota {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Item {
     Run(Run),
+    /// Boxed, as steps are: a run, the common item, stays the size of the enum.
+    Job(Box<Job>),
+    Step(Box<Step>),
 }
 
 impl Item {
     pub fn entity(&self) -> Entity {
         match self {
             Item::Run(_) => Entity::WorkflowRun,
+            Item::Job(_) => Entity::Job,
+            Item::Step(_) => Entity::Step,
         }
     }
 
@@ -65,6 +78,8 @@ impl Item {
     pub fn key(&self) -> &str {
         match self {
             Item::Run(run) => run.key(),
+            Item::Job(job) => &job.key,
+            Item::Step(step) => &step.key,
         }
     }
 
@@ -72,12 +87,16 @@ impl Item {
     pub fn completed_at(&self) -> i64 {
         match self {
             Item::Run(run) => run.completed_at,
+            Item::Job(job) => job.completed_at,
+            Item::Step(step) => step.completed_at,
         }
     }
 
     pub fn conclusion(&self) -> &str {
         match self {
             Item::Run(run) => run.conclusion(),
+            Item::Job(job) => &job.conclusion,
+            Item::Step(step) => &step.conclusion,
         }
     }
 }

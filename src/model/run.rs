@@ -186,12 +186,12 @@ pub fn validate_run(raw: &RawRun, default_repo: Option<&(String, String)>) -> Va
     }
 }
 
-enum Problem {
+pub(super) enum Problem {
     Invalid(String),
     Fatal(String),
 }
 
-fn invalid(reason: impl Into<String>) -> Problem {
+pub(super) fn invalid(reason: impl Into<String>) -> Problem {
     Problem::Invalid(reason.into())
 }
 
@@ -222,8 +222,8 @@ fn validate_inner(raw: &RawRun, default_repo: Option<&(String, String)>) -> Resu
     let (owner, repo) = repository(raw, default_repo)?;
     let key = run_key(&owner, &repo, run_id, attempt);
 
-    let status = optional_string(raw, raw.status.as_ref(), "status")?;
-    let conclusion = optional_string(raw, raw.conclusion.as_ref(), "conclusion")?;
+    let status = optional_string(raw.status.as_ref(), "status")?;
+    let conclusion = optional_string(raw.conclusion.as_ref(), "conclusion")?;
     let completed = match (&status, &conclusion) {
         (_, None) => false,
         (None, Some(_)) => true,
@@ -234,10 +234,10 @@ fn validate_inner(raw: &RawRun, default_repo: Option<&(String, String)>) -> Resu
         return Ok(Validated::NotCompleted { key, status });
     };
 
-    let completed_ms = time(raw, raw.updated_at.as_ref(), "updated_at")?
+    let completed_ms = time(raw.updated_at.as_ref(), "updated_at")?
         .ok_or_else(|| invalid("a completed run without a completion time (updated_at)"))?;
-    let created_ms = time(raw, raw.created_at.as_ref(), "created_at")?;
-    let started_ms = time(raw, raw.run_started_at.as_ref(), "run_started_at")?;
+    let created_ms = time(raw.created_at.as_ref(), "created_at")?;
+    let started_ms = time(raw.run_started_at.as_ref(), "run_started_at")?;
     // `created_at` is the first attempt's creation: a re-run measured from it would span every
     // attempt (gh rows of re-runs lack `startedAt`), so a re-run without its start has no duration.
     let duration_from = started_ms.or(created_ms.filter(|_| attempt == 1));
@@ -283,12 +283,12 @@ pub fn run_key(owner: &str, repo: &str, run_id: u64, attempt: u32) -> String {
     format!("{}/{}:{run_id}:{attempt}", owner.to_lowercase(), repo.to_lowercase())
 }
 
-fn millis_to_seconds(ms: i64) -> f64 {
+pub(super) fn millis_to_seconds(ms: i64) -> f64 {
     // Durations are whole milliseconds; the f64 holds them exactly for any realistic span.
     ms as f64 / 1000.0
 }
 
-fn positive_integer(value: &Scalar) -> Option<u64> {
+pub(super) fn positive_integer(value: &Scalar) -> Option<u64> {
     match value {
         Scalar::UInt(n) if *n > 0 => Some(*n),
         Scalar::Int(n) if *n > 0 => u64::try_from(*n).ok(),
@@ -296,7 +296,7 @@ fn positive_integer(value: &Scalar) -> Option<u64> {
     }
 }
 
-fn describe(value: &Scalar) -> String {
+pub(super) fn describe(value: &Scalar) -> String {
     match value {
         Scalar::Str(text) => format!("the string {:?}", truncate_chars(text, 40)),
         Scalar::Int(n) => n.to_string(),
@@ -314,19 +314,16 @@ fn truncate_chars(text: &str, max: usize) -> &str {
 }
 
 /// A string field that may be absent: null, missing and (gh) `""` are all `None`.
-fn optional_string(raw: &RawRun, value: Option<&Scalar>, field: &str) -> Result<Option<String>, Problem> {
+pub(super) fn optional_string(value: Option<&Scalar>, field: &str) -> Result<Option<String>, Problem> {
     match value {
         None | Some(Scalar::Null) => Ok(None),
         Some(Scalar::Str(text)) if text.is_empty() => Ok(None),
         Some(Scalar::Str(text)) => Ok(Some(text.clone())),
-        Some(other) => {
-            let _ = raw;
-            Err(invalid(format!("{field}: expected a string, found {}", describe(other))))
-        }
+        Some(other) => Err(invalid(format!("{field}: expected a string, found {}", describe(other)))),
     }
 }
 
-fn non_empty(value: Option<&Scalar>) -> Option<String> {
+pub(super) fn non_empty(value: Option<&Scalar>) -> Option<String> {
     match value {
         Some(Scalar::Str(text)) if !text.trim().is_empty() => Some(text.clone()),
         _ => None,
@@ -344,8 +341,8 @@ const ZERO_TIME_MS: i64 = -62_135_596_800_000;
 
 /// Parses an RFC 3339 time (offsets and fractions allowed) into unix milliseconds; `None` for a
 /// missing time (absent, null, `""`, or Go's zero time `0001-01-01T00:00:00Z`).
-fn time(raw: &RawRun, value: Option<&Scalar>, field: &str) -> Result<Option<i64>, Problem> {
-    let Some(text) = optional_string(raw, value, field)? else { return Ok(None) };
+pub(super) fn time(value: Option<&Scalar>, field: &str) -> Result<Option<i64>, Problem> {
+    let Some(text) = optional_string(value, field)? else { return Ok(None) };
     let parsed = DateTime::parse_from_rfc3339(&text).map_err(|error| {
         invalid(format!("{field}: {:?} is not an RFC 3339 time ({error})", truncate_chars(&text, 40)))
     })?;
@@ -376,7 +373,7 @@ fn repository(raw: &RawRun, default_repo: Option<&(String, String)>) -> Result<(
     }
 }
 
-fn repo_from_ref(repo: &RepoRef) -> Option<(String, String)> {
+pub(super) fn repo_from_ref(repo: &RepoRef) -> Option<(String, String)> {
     if let Some(full_name) = &repo.full_name {
         if let Some(found) = split_full_name(full_name) {
             return Some(found);
@@ -397,7 +394,7 @@ pub fn split_full_name(full_name: &str) -> Option<(String, String)> {
 
 /// The repository in a run URL: `https://api.github.com/repos/{o}/{r}/actions/runs/{id}` or
 /// `https://github.com/{o}/{r}/actions/runs/{id}` (any host, so GitHub Enterprise works too).
-fn repo_from_url(url: &str) -> Option<(String, String)> {
+pub(super) fn repo_from_url(url: &str) -> Option<(String, String)> {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let mut segments = rest.split('/').skip(1).filter(|segment| !segment.is_empty());
     let mut first = segments.next()?;
@@ -479,9 +476,7 @@ pub(crate) mod testing {
     /// The run `fields` validate into; panics if they do not.
     pub(crate) fn completed_run(fields: &[(&str, Scalar)]) -> Run {
         match validate_run(&raw(fields), None) {
-            Validated::Completed(item) => match item {
-                Item::Run(run) => run,
-            },
+            Validated::Completed(Item::Run(run)) => run,
             other => panic!("not a completed run: {other:?}"),
         }
     }
@@ -494,8 +489,7 @@ mod tests {
 
     fn check(fields: &[(&str, Scalar)], expected: &str) {
         let actual = match validate_run(&raw(fields), None) {
-            Validated::Completed(item) => {
-                let Item::Run(run) = item;
+            Validated::Completed(Item::Run(run)) => {
                 format!(
                     "{} {} wf={} id={:?} ev={} br={:?} at={} dur={:?} q={:?}",
                     run.key(),
@@ -509,6 +503,7 @@ mod tests {
                     run.queued_seconds
                 )
             }
+            Validated::Completed(other) => format!("not a run: {other:?}"),
             Validated::NotCompleted { key, status } => format!("not completed {key} {status}"),
             Validated::Invalid { reason, .. } => format!("invalid: {reason}"),
             Validated::Fatal { reason, .. } => format!("fatal: {reason}"),

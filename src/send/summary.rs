@@ -27,6 +27,8 @@ pub struct Summary {
     pub compressed_bytes: u64,
     pub already_sent: u64,
     pub not_completed: u64,
+    /// Jobs read while `--jobs` was not given.
+    pub not_requested: u64,
     pub duplicates: u64,
     /// Completed longer ago than --max-age, recorded by this invocation.
     pub too_old: u64,
@@ -83,6 +85,7 @@ impl Summary {
             (self.too_old, "too old"),
             (self.too_old_before, "too old before"),
             (self.dead_before, "dead letter before"),
+            (self.not_requested, "job(s) not asked for (--jobs)"),
         ]
         .iter()
         .filter(|(count, _)| *count > 0)

@@ -143,10 +143,11 @@ fn standard_input_and_several_files() {
 fn not_a_recognised_shape_names_file_position_and_shapes() {
     let env = Env::new();
     let intake = Intake::start();
-    let file = env.file("jobs.json", r#"{"total_count":1,"jobs":[{"id":1}]}"#);
+    // An artifacts list: GitHub's shape, not one of ours.
+    let file = env.file("artifacts.json", r#"{"total_count":1,"artifacts":[{"id":1}]}"#);
     let out = env.send(&intake).arg(&file).run();
     out.expect_code(3);
-    assert!(out.stderr.contains("jobs.json value 1"), "{}", out.stderr);
+    assert!(out.stderr.contains("artifacts.json value 1"), "{}", out.stderr);
     assert!(out.stderr.contains("workflow_runs"), "{}", out.stderr);
     assert!(out.stderr.contains("gh run list/view --json"), "{}", out.stderr);
 }
@@ -186,11 +187,99 @@ fn real_github_payloads_from_shared() {
         let not_completed = env.logs()[0].matches("skip not_completed").count();
         assert_eq!(not_completed, usize::from(keys.is_empty()), "{name}");
     }
-    // Jobs lists are not runs: a clear error, exit 3.
+    // A jobs list without --jobs: its jobs are counted, not sent, and not an error.
     let env = Env::new();
     let intake = Intake::start();
     let path = dir.join("rest_jobs_pygithub_2023-01_5jobs_steps.json");
-    env.send(&intake).arg(path.to_str().unwrap()).run().expect_code(3);
+    let out = env.send(&intake).arg(path.to_str().unwrap()).args(["--historical", "--output", "json"]).run();
+    out.expect_code(0);
+    assert_eq!(out.json()["not_requested"], 5);
+    assert!(intake.requests().is_empty());
+}
+
+/// The completed steps of each job of a jobs list body, as GitHub wrote them.
+fn completed_steps(body: &serde_json::Value) -> usize {
+    body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|job| job["steps"].as_array().unwrap())
+        .filter(|step| !step["conclusion"].is_null())
+        .count()
+}
+
+#[test]
+fn real_jobs_and_steps_match_github() {
+    let dir = shared("github/examples");
+    let path = dir.join("rest_jobs_pygithub_2023-01_5jobs_steps.json");
+    let body: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let env = Env::new();
+    let intake = Intake::start();
+    let out = env.send(&intake).arg(path.to_str().unwrap()).args(["--historical", "--steps", "--output", "json"]).run();
+    out.expect_code(0);
+    let steps = completed_steps(&body);
+    assert!(steps > 20, "{steps}");
+    assert_eq!(out.json()["sent"], 5 + steps as u64);
+    let job = |metric: &str| {
+        let points: Vec<_> = intake
+            .stored()
+            .into_iter()
+            .filter(|p| {
+                p.metric == format!("github.actions.job.{metric}")
+                    && p.tags.contains(&"job_name:test__python_3.7_".to_owned())
+            })
+            .collect();
+        assert_eq!(points.len(), 1, "{metric}: {points:?}");
+        points[0].clone()
+    };
+    // GitHub's numbers: started 08:24:28, completed 08:25:28, created 08:24:21.
+    assert_eq!(job("duration_second").value, 60.0);
+    assert_eq!(job("queued_duration_second").value, 7.0);
+    let total = job("total");
+    assert_eq!(total.value, 1.0);
+    for tag in [
+        "repository_owner:pygithub",
+        "repository_name:pygithub",
+        "workflow_name:ci",
+        "branch:feat/workflow-run",
+        "conclusion:success",
+        "run_attempt:1",
+        "runs_on:ubuntu-latest",
+        "runner_group:github_actions",
+    ] {
+        assert!(total.tags.contains(&tag.to_owned()), "{tag} missing from {:?}", total.tags);
+    }
+    assert!(intake.total("github.actions.step.total") >= 1.0);
+    // Sent again: every job and step is already in the ledger.
+    let out = env.send(&intake).arg(path.to_str().unwrap()).args(["--historical", "--steps", "--output", "json"]).run();
+    assert_eq!(out.json()["already_sent"], 5 + steps as u64);
+}
+
+#[test]
+fn github_example_job_without_created_at_and_a_workflow_job_payload() {
+    let dir = shared("github/examples");
+    let path = dir.join("rest_jobs_github_openapi_example_job-paginated_no_created_at.json");
+    let body: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let env = Env::new();
+    let intake = Intake::start();
+    let out = env.send(&intake).arg(path.to_str().unwrap()).args(["--historical", "--jobs"]).run();
+    out.expect_code(0);
+    assert_eq!(env.sent_keys(), ["octo-org/octo-repo:job:399444496"]);
+    // No created_at: no queue time, never a made-up one.
+    let metrics: Vec<String> = intake.stored().into_iter().map(|p| p.metric).collect();
+    assert!(metrics.contains(&"github.actions.job.duration_second".to_owned()), "{metrics:?}");
+    assert!(!metrics.contains(&"github.actions.job.queued_duration_second".to_owned()), "{metrics:?}");
+    // The same job as an on: workflow_job payload hands it over ($GITHUB_EVENT_PATH).
+    let payload = serde_json::json!({
+        "action": "completed",
+        "workflow_job": body["jobs"][0],
+        "repository": {"full_name": "octo-org/octo-repo", "name": "octo-repo", "owner": {"login": "octo-org"}},
+    });
+    let event = env.file("event.json", payload.to_string());
+    let out =
+        env.send(&intake).args(["--historical", "--jobs", "--output", "json"]).var("GITHUB_EVENT_PATH", &event).run();
+    out.expect_code(0);
+    assert_eq!(out.json()["already_sent"], 1, "the same job id, from another input, is not sent twice");
 }
 
 #[test]

@@ -284,11 +284,13 @@ impl Pipeline<'_> {
             self.summary.records += 1;
             match record {
                 Validated::Completed(item) => {
-                    if self.pending_keys.contains(item.key()) {
-                        self.summary.duplicates += 1;
-                        self.log.skip("duplicate", item.key(), None);
-                    } else {
-                        completed.push(item);
+                    for item in self.requested(item) {
+                        if self.pending_keys.contains(item.key()) {
+                            self.summary.duplicates += 1;
+                            self.log.skip("duplicate", item.key(), None);
+                        } else {
+                            completed.push(item);
+                        }
                     }
                 }
                 Validated::NotCompleted { key, status } => {
@@ -468,6 +470,27 @@ impl Pipeline<'_> {
                     break;
                 }
             }
+        }
+    }
+
+    /// The items of a record that were asked for: a run; a job with `--jobs`, and its steps as
+    /// items of their own with `--steps`. A job not asked for is counted and logged.
+    fn requested(&mut self, item: Item) -> Vec<Item> {
+        match item {
+            Item::Job(mut job) => {
+                if !self.config.jobs {
+                    self.summary.not_requested += 1;
+                    self.log.skip("not_requested", &job.key, Some("pass --jobs"));
+                    return Vec::new();
+                }
+                let steps = std::mem::take(&mut job.steps);
+                let mut items = vec![Item::Job(job)];
+                if self.config.steps {
+                    items.extend(steps.into_iter().map(|step| Item::Step(Box::new(step))));
+                }
+                items
+            }
+            item => vec![item],
         }
     }
 

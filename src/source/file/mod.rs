@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::de::{self, DeserializeSeed};
 
 use super::{Input, Source, SourceEvent};
-use crate::model::{validate_run, RawRun, Validated};
+use crate::model::{validate_job, validate_run, RawJob, RawRun, Validated};
 
 mod shapes;
 
@@ -35,12 +35,15 @@ use shapes::ValueSeed;
 pub const ACCEPTED_SHAPES: &str = "a REST runs list body ({\"total_count\",\"workflow_runs\"}, \
     also back to back or in an array as gh api --paginate [--slurp] prints them), a run object, \
     an array or NDJSON of run objects, a workflow_run event payload, a github context dump, \
-    or gh run list/view --json rows";
+    gh run list/view --json rows, or (with --jobs) a jobs list body ({\"total_count\",\"jobs\"}), \
+    a job object or a workflow_job event payload";
 
 /// One item read from an input: a run, or a value that could not be taken as one.
 #[derive(Debug)]
 pub enum Record {
     Run(Box<RawRun>),
+    /// A job (a jobs API object, also as a `workflow_job` payload carries it).
+    Job(Box<RawJob>),
     /// A value that is not a run (wrong shape); the reading goes on.
     Unrecognised {
         origin: String,
@@ -108,6 +111,7 @@ impl Source for FileSource {
             let mut sink = |record: Record| -> SinkResult {
                 emit(SourceEvent::Item(match record {
                     Record::Run(raw) => validate_run(&raw, default_repo),
+                    Record::Job(raw) => validate_job(&raw),
                     Record::Unrecognised { origin, reason } => Validated::Invalid { origin, reason },
                 }))
             };
@@ -297,6 +301,7 @@ mod tests {
             .into_iter()
             .map(|record| match record {
                 Record::Run(run) => format!("{:?}", run.id.expect("an id")),
+                Record::Job(job) => format!("job {:?}", job.id.expect("an id")),
                 Record::Unrecognised { origin, .. } => format!("bad {origin}"),
             })
             .collect()
@@ -355,6 +360,7 @@ mod tests {
             .map(|record| match record {
                 Record::Unrecognised { origin, .. } => origin.as_str(),
                 Record::Run(_) => "run",
+                Record::Job(_) => "job",
             })
             .collect();
         assert_eq!(

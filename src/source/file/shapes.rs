@@ -6,7 +6,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::{Context, Position, Record, ACCEPTED_SHAPES};
-use crate::model::{RawRun, RepoRef, Scalar, ScalarVisitor};
+use crate::model::{RawJob, RawRun, RawStep, RepoRef, Scalar, ScalarVisitor};
 
 /// A top-level value or an array element: an object (classified), or an array of such values.
 pub(super) struct ValueSeed<'c, 'a, 'b, 'p> {
@@ -83,6 +83,24 @@ struct Object {
     workflow_name: Option<Scalar>,
     /// Any camelCase-only key of a gh row was seen.
     camel_keys: bool,
+    /// The fields only a job has; `run_id` makes the object a job.
+    job: JobFields,
+    /// `jobs` was present (a jobs list body): its elements have been emitted already.
+    had_jobs: bool,
+    /// `workflow_job` (webhook payload).
+    workflow_job: Option<Box<Object>>,
+}
+
+/// What a job object has beside the fields it shares with a run.
+#[derive(Default)]
+struct JobFields {
+    run_id: Option<Scalar>,
+    started_at: Option<Scalar>,
+    completed_at: Option<Scalar>,
+    labels: Option<Vec<String>>,
+    runner_group_name: Option<Scalar>,
+    run_url: Option<Scalar>,
+    steps: Vec<RawStep>,
 }
 
 /// Keys we read; everything else is skipped without being allocated.
@@ -113,6 +131,18 @@ enum Key {
     WorkflowRuns,
     WorkflowRun,
     Workflow,
+    RunId,
+    StartedAtSnake,
+    CompletedAt,
+    Labels,
+    RunnerGroupName,
+    RunUrl,
+    Steps,
+    Jobs,
+    WorkflowJob,
+    WorkflowNameSnake,
+    /// gh's run `number`, or a step's number.
+    Number,
     OtherCamel,
     Other,
 }
@@ -153,7 +183,18 @@ impl<'de> de::Deserialize<'de> for Key {
                     "workflow_runs" => Key::WorkflowRuns,
                     "workflow_run" => Key::WorkflowRun,
                     "workflow" => Key::Workflow,
-                    "displayTitle" | "headSha" | "number" => Key::OtherCamel,
+                    "run_id" => Key::RunId,
+                    "started_at" => Key::StartedAtSnake,
+                    "completed_at" => Key::CompletedAt,
+                    "labels" => Key::Labels,
+                    "runner_group_name" => Key::RunnerGroupName,
+                    "run_url" => Key::RunUrl,
+                    "steps" => Key::Steps,
+                    "jobs" => Key::Jobs,
+                    "workflow_job" => Key::WorkflowJob,
+                    "workflow_name" => Key::WorkflowNameSnake,
+                    "displayTitle" | "headSha" => Key::OtherCamel,
+                    "number" => Key::Number,
                     _ => Key::Other,
                 })
             }
@@ -238,7 +279,25 @@ impl ObjectSeed<'_, '_, '_, '_> {
                     let position = Position::Field { parent: &self.position, name: "workflow_runs" };
                     map.next_value_seed(RunListSeed { context: self.context, position })?;
                 }
-                Key::OtherCamel => {
+                Key::Jobs => {
+                    object.had_jobs = true;
+                    let position = Position::Field { parent: &self.position, name: "jobs" };
+                    map.next_value_seed(JobListSeed { context: self.context, position })?;
+                }
+                Key::WorkflowJob => {
+                    let position = Position::Field { parent: &self.position, name: "workflow_job" };
+                    let nested = map.next_value_seed(NestedObjectSeed { context: self.context, position })?;
+                    object.workflow_job = nested.map(Box::new);
+                }
+                Key::RunId => object.job.run_id = Some(map.next_value()?),
+                Key::StartedAtSnake => object.job.started_at = Some(map.next_value()?),
+                Key::CompletedAt => object.job.completed_at = Some(map.next_value()?),
+                Key::Labels => object.job.labels = map.next_value::<LabelsField>()?.0,
+                Key::RunnerGroupName => object.job.runner_group_name = Some(map.next_value()?),
+                Key::RunUrl => object.job.run_url = Some(map.next_value()?),
+                Key::Steps => object.job.steps = map.next_value::<StepsField>()?.0,
+                Key::WorkflowNameSnake => run.workflow_name = Some(map.next_value()?),
+                Key::OtherCamel | Key::Number => {
                     object.camel_keys = true;
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -255,7 +314,27 @@ impl ObjectSeed<'_, '_, '_, '_> {
 /// Decides what an object was, once all of it has been read; `None` for a list body, whose
 /// runs went out one by one while it was read.
 fn classify(object: Object, origin: &str) -> Option<Record> {
-    let Object { mut run, had_workflow_runs, workflow_run, event_object, mut workflow_name, camel_keys: _ } = object;
+    let Object {
+        mut run,
+        had_workflow_runs,
+        workflow_run,
+        event_object,
+        mut workflow_name,
+        camel_keys: _,
+        job,
+        had_jobs,
+        workflow_job,
+    } = object;
+    // A `workflow_job` webhook payload: the job inside, the repository beside it.
+    if let Some(nested) = workflow_job {
+        let nested = *nested;
+        let mut inner = into_job(nested.run, nested.job, &format!("{origin}.workflow_job"));
+        merge_repository(&mut inner.repository, run.repository.take());
+        return Some(Record::Job(Box::new(inner)));
+    }
+    if had_jobs {
+        return None;
+    }
     // A github context dump: the event payload sits under "event", the repository is a string.
     let (payload, outer_repository) = match (workflow_run, event_object) {
         (Some(nested), _) => (Some((nested, workflow_name.take())), run.repository.take()),
@@ -282,6 +361,10 @@ fn classify(object: Object, origin: &str) -> Option<Record> {
     if had_workflow_runs {
         return None;
     }
+    // A job object: an `id` and a `run_id` (a github context dump has a `run_id`, no `id`).
+    if job.run_id.is_some() && run.id.is_some() {
+        return Some(Record::Job(Box::new(into_job(run, job, origin))));
+    }
     if run.id.is_some() || run.gh_shape {
         run.origin = origin.to_owned();
         if run.workflow_name.is_none() {
@@ -295,6 +378,178 @@ fn classify(object: Object, origin: &str) -> Option<Record> {
             "not a recognised shape (no \"id\", \"databaseId\", \"workflow_runs\" or \"workflow_run\"); expected {ACCEPTED_SHAPES}"
         ),
     })
+}
+
+/// A job from the fields its object shares with a run and its own.
+fn into_job(run: RawRun, job: JobFields, origin: &str) -> RawJob {
+    RawJob {
+        origin: origin.to_owned(),
+        id: run.id,
+        run_id: job.run_id,
+        attempt: run.attempt,
+        name: run.name,
+        workflow_name: run.workflow_name,
+        head_branch: run.head_branch,
+        status: run.status,
+        conclusion: run.conclusion,
+        created_at: run.created_at,
+        started_at: job.started_at,
+        completed_at: job.completed_at,
+        labels: job.labels,
+        runner_group_name: job.runner_group_name,
+        url: run.url,
+        html_url: run.html_url,
+        run_url: job.run_url,
+        repository: run.repository,
+        steps: job.steps,
+    }
+}
+
+/// `labels`: an array of strings; anything else reads as none.
+struct LabelsField(Option<Vec<String>>);
+
+impl<'de> de::Deserialize<'de> for LabelsField {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<LabelsField, D::Error> {
+        struct LabelsVisitor;
+        impl<'de> Visitor<'de> for LabelsVisitor {
+            type Value = LabelsField;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of labels")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<LabelsField, A::Error> {
+                let mut labels = Vec::new();
+                while let Some(label) = seq.next_element::<Scalar>()? {
+                    labels.extend(label.into_string());
+                }
+                Ok(LabelsField(Some(labels)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LabelsField, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(LabelsField(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<LabelsField, E> {
+                Ok(LabelsField(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<LabelsField, E> {
+                Ok(LabelsField(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<LabelsField, E> {
+                Ok(LabelsField(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<LabelsField, E> {
+                Ok(LabelsField(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<LabelsField, E> {
+                Ok(LabelsField(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<LabelsField, E> {
+                Ok(LabelsField(None))
+            }
+        }
+        deserializer.deserialize_any(LabelsVisitor)
+    }
+}
+
+/// `steps`: the objects of an array, each read as a step; other values are skipped.
+struct StepsField(Vec<RawStep>);
+
+impl<'de> de::Deserialize<'de> for StepsField {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<StepsField, D::Error> {
+        struct StepsVisitor;
+        impl<'de> Visitor<'de> for StepsVisitor {
+            type Value = StepsField;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of steps")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StepsField, A::Error> {
+                let mut steps = Vec::new();
+                while let Some(step) = seq.next_element::<MaybeStep>()? {
+                    steps.extend(step.0);
+                }
+                Ok(StepsField(steps))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StepsField, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(StepsField(Vec::new()))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<StepsField, E> {
+                Ok(StepsField(Vec::new()))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<StepsField, E> {
+                Ok(StepsField(Vec::new()))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<StepsField, E> {
+                Ok(StepsField(Vec::new()))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<StepsField, E> {
+                Ok(StepsField(Vec::new()))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<StepsField, E> {
+                Ok(StepsField(Vec::new()))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<StepsField, E> {
+                Ok(StepsField(Vec::new()))
+            }
+        }
+        deserializer.deserialize_any(StepsVisitor)
+    }
+}
+
+/// One element of `steps`: a step if it is an object.
+struct MaybeStep(Option<RawStep>);
+
+impl<'de> de::Deserialize<'de> for MaybeStep {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<MaybeStep, D::Error> {
+        struct StepVisitor;
+        impl<'de> Visitor<'de> for StepVisitor {
+            type Value = MaybeStep;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a step object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MaybeStep, A::Error> {
+                let mut step = RawStep::default();
+                while let Some(key) = map.next_key::<Key>()? {
+                    let slot = match key {
+                        Key::Name => &mut step.name,
+                        Key::Status => &mut step.status,
+                        Key::Conclusion => &mut step.conclusion,
+                        Key::StartedAtSnake => &mut step.started_at,
+                        Key::CompletedAt => &mut step.completed_at,
+                        Key::Number => &mut step.number,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = Some(map.next_value()?);
+                }
+                Ok(MaybeStep(Some(step)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MaybeStep, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(MaybeStep(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<MaybeStep, E> {
+                Ok(MaybeStep(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<MaybeStep, E> {
+                Ok(MaybeStep(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<MaybeStep, E> {
+                Ok(MaybeStep(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<MaybeStep, E> {
+                Ok(MaybeStep(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<MaybeStep, E> {
+                Ok(MaybeStep(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<MaybeStep, E> {
+                Ok(MaybeStep(None))
+            }
+        }
+        deserializer.deserialize_any(StepVisitor)
+    }
 }
 
 fn merge_repository(inner: &mut Option<RepoRef>, outer: Option<RepoRef>) {
@@ -345,6 +600,52 @@ impl<'de> Visitor<'de> for RunListSeed<'_, '_, '_, '_> {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
         visit_elements(self.context, &self.position, seq)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// The `jobs` array of a jobs list body: each element is emitted as a job as it is read.
+struct JobListSeed<'c, 'a, 'b, 'p> {
+    context: &'c mut Context<'a, 'b>,
+    position: Position<'p>,
+}
+
+impl<'de> DeserializeSeed<'de> for JobListSeed<'_, '_, '_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for JobListSeed<'_, '_, '_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of jobs")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut index = 0;
+        loop {
+            let position = Position::Element { parent: &self.position, index };
+            let origin = self.context.origin(&position);
+            let seed = NestedObjectSeed { context: &mut *self.context, position };
+            let record = match seq.next_element_seed(seed)? {
+                None => return Ok(()),
+                Some(Some(object)) if object.job.run_id.is_some() => {
+                    Record::Job(Box::new(into_job(object.run, object.job, &origin)))
+                }
+                // gh's `run view --json jobs` rows have no run_id: not read (yet).
+                Some(_) => Record::Unrecognised {
+                    origin,
+                    reason: "not a job of GitHub's jobs API (no \"run_id\"); gh run view --json jobs rows are \
+                             not read: use gh api repos/OWNER/REPO/actions/runs/ID/jobs"
+                        .to_owned(),
+                },
+            };
+            self.context.emit(record)?;
+            index += 1;
+        }
     }
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
         Ok(())

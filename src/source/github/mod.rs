@@ -495,6 +495,7 @@ impl Pass<'_> {
                         }
                         validated
                     }
+                    Record::Job(raw) => crate::model::validate_job(&raw),
                     Record::Unrecognised { origin, reason } => Validated::Invalid { origin, reason },
                 };
                 emit(SourceEvent::Item(validated))

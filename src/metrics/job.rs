@@ -1,0 +1,86 @@
+//! The job and step metric families, as int128's action names them.
+//!
+//! | metric | type | value |
+//! |---|---|---|
+//! | `job.total`, `job.conclusion.<conclusion>_total` | count | jobs completed at that second |
+//! | `job.duration_second` | gauge | `completed_at - started_at` |
+//! | `job.queued_duration_second` | gauge | `started_at - created_at`, when known and not negative |
+//! | `step.total`, `step.conclusion.<conclusion>_total` | count | steps completed at that second |
+//! | `step.duration_second` | gauge | `completed_at - started_at` |
+//!
+//! Tags: those of the run that a job carries (`repository_owner`, `repository_name`,
+//! `workflow_name`, `branch`, `run_attempt`), the job's `conclusion`, `job_name`, `runs_on` (its
+//! labels, sorted, joined with `,`), `runner_group`; steps add `step_name` and carry their own
+//! `conclusion`. No job, run or step ids: a series per job costs money and charts nothing.
+
+use super::{tags::tag, Family, GaugeMetric, Gauges};
+use crate::model::{Entity, Job, JobContext, Step};
+
+pub(super) static JOB: Family = Family {
+    entity: Entity::Job,
+    gauges: &[
+        GaugeMetric { name: "duration_second", unit: "second" },
+        GaugeMetric { name: "queued_duration_second", unit: "second" },
+    ],
+};
+
+pub(super) static STEP: Family =
+    Family { entity: Entity::Step, gauges: &[GaugeMetric { name: "duration_second", unit: "second" }] };
+
+pub(super) fn job_gauges(job: &Job) -> Gauges {
+    [job.duration_seconds, job.queued_seconds, None]
+}
+
+pub(super) fn step_gauges(step: &Step) -> Gauges {
+    [step.duration_seconds, None, None]
+}
+
+fn context_tags(context: &JobContext, conclusion: &str, extra: usize) -> Vec<String> {
+    let mut tags = Vec::with_capacity(10 + extra);
+    tags.push(tag("repository_owner", &context.owner));
+    tags.push(tag("repository_name", &context.repo));
+    tags.push(tag("workflow_name", &context.workflow_name));
+    if let Some(branch) = &context.branch {
+        tags.push(tag("branch", branch));
+    }
+    tags.push(tag("conclusion", conclusion));
+    tags.push(format!("run_attempt:{}", context.attempt));
+    tags.push(tag("job_name", &context.job_name));
+    if let Some(runs_on) = &context.runs_on {
+        tags.push(tag("runs_on", runs_on));
+    }
+    if let Some(group) = &context.runner_group {
+        tags.push(tag("runner_group", group));
+    }
+    tags
+}
+
+pub(super) fn job_tags(job: &Job, extra: usize) -> Vec<String> {
+    context_tags(&job.context, &job.conclusion, extra)
+}
+
+pub(super) fn step_tags(step: &Step, extra: usize) -> Vec<String> {
+    let mut tags = context_tags(&step.context, &step.conclusion, extra + 1);
+    tags.push(tag("step_name", &step.name));
+    tags
+}
+
+/// Every field the tags are made of, apart (the planner's cache key).
+pub(super) fn cache_key(context: &JobContext, conclusion: &str, step_name: Option<&str>, scratch: &mut String) {
+    let optional = |value: Option<&str>| value.map_or_else(|| "\u{2}".to_owned(), str::to_owned);
+    for field in [
+        context.owner.as_str(),
+        &context.repo,
+        &context.workflow_name,
+        &optional(context.branch.as_deref()),
+        conclusion,
+        &context.job_name,
+        &optional(context.runs_on.as_deref()),
+        &optional(context.runner_group.as_deref()),
+        &optional(step_name),
+    ] {
+        scratch.push_str(field);
+        scratch.push('\u{1f}');
+    }
+    scratch.push_str(itoa::Buffer::new().format(context.attempt));
+}
