@@ -256,6 +256,51 @@ fn real_jobs_and_steps_match_github() {
 }
 
 #[test]
+fn gh_run_view_jobs_rows_are_the_same_jobs() {
+    let dir = shared("github/examples");
+    let path = dir.join("rest_jobs_pygithub_2023-01_5jobs_steps.json");
+    let body: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    // What `gh run view --json jobs` prints for the same jobs: gh's names, a web url, "" for a
+    // null conclusion and Go's zero time for a missing time.
+    let zero = |value: &serde_json::Value| if value.is_null() { "0001-01-01T00:00:00Z".into() } else { value.clone() };
+    let empty = |value: &serde_json::Value| if value.is_null() { "".into() } else { value.clone() };
+    let mut jobs: Vec<serde_json::Value> = body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| {
+            let steps: Vec<serde_json::Value> = job["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|step| {
+                    serde_json::json!({"completedAt": zero(&step["completed_at"]), "conclusion": empty(&step["conclusion"]),
+                        "name": step["name"], "number": step["number"], "startedAt": zero(&step["started_at"]), "status": step["status"]})
+                })
+                .collect();
+            serde_json::json!({"completedAt": zero(&job["completed_at"]), "conclusion": empty(&job["conclusion"]),
+                "databaseId": job["id"], "name": job["name"], "startedAt": zero(&job["started_at"]),
+                "status": job["status"], "steps": steps, "url": job["html_url"]})
+        })
+        .collect();
+    // And one still queued.
+    jobs.push(serde_json::json!({"completedAt": "0001-01-01T00:00:00Z", "conclusion": "", "databaseId": 1,
+        "name": "later", "startedAt": "0001-01-01T00:00:00Z", "status": "queued", "steps": [],
+        "url": "https://github.com/PyGithub/PyGithub/actions/runs/3881497935/job/1"}));
+    let env = Env::new();
+    let intake = Intake::start();
+    let rows = env.file("jobs.json", serde_json::json!({ "jobs": jobs }).to_string());
+    let out = env.send(&intake).arg(&rows).args(["--historical", "--steps", "--output", "json"]).run();
+    out.expect_code(0);
+    let steps = completed_steps(&body);
+    assert_eq!(out.json()["sent"], 5 + steps as u64);
+    assert_eq!(out.json()["not_completed"], 1);
+    // The jobs API's body for the same jobs: the same keys, all already sent.
+    let out = env.send(&intake).arg(path.to_str().unwrap()).args(["--historical", "--steps", "--output", "json"]).run();
+    assert_eq!(out.json()["already_sent"], 5 + steps as u64);
+}
+
+#[test]
 fn github_example_job_without_created_at_and_a_workflow_job_payload() {
     let dir = shared("github/examples");
     let path = dir.join("rest_jobs_github_openapi_example_job-paginated_no_created_at.json");

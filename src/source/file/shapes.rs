@@ -143,6 +143,8 @@ enum Key {
     WorkflowNameSnake,
     /// gh's run `number`, or a step's number.
     Number,
+    /// gh's `completedAt` (jobs and steps).
+    CompletedAtCamel,
     OtherCamel,
     Other,
 }
@@ -175,6 +177,7 @@ impl<'de> de::Deserialize<'de> for Key {
                     "createdAt" => Key::CreatedAtCamel,
                     "run_started_at" => Key::RunStartedAt,
                     "startedAt" => Key::StartedAt,
+                    "completedAt" => Key::CompletedAtCamel,
                     "updated_at" => Key::UpdatedAt,
                     "updatedAt" => Key::UpdatedAtCamel,
                     "url" => Key::Url,
@@ -292,6 +295,10 @@ impl ObjectSeed<'_, '_, '_, '_> {
                 Key::RunId => object.job.run_id = Some(map.next_value()?),
                 Key::StartedAtSnake => object.job.started_at = Some(map.next_value()?),
                 Key::CompletedAt => object.job.completed_at = Some(map.next_value()?),
+                Key::CompletedAtCamel => {
+                    object.camel_keys = true;
+                    object.job.completed_at = Some(map.next_value()?);
+                }
                 Key::Labels => object.job.labels = map.next_value::<LabelsField>()?.0,
                 Key::RunnerGroupName => object.job.runner_group_name = Some(map.next_value()?),
                 Key::RunUrl => object.job.run_url = Some(map.next_value()?),
@@ -380,8 +387,10 @@ fn classify(object: Object, origin: &str) -> Option<Record> {
     })
 }
 
-/// A job from the fields its object shares with a run and its own.
+/// A job from the fields its object shares with a run and its own. gh's `startedAt` was read
+/// into the run's start.
 fn into_job(run: RawRun, job: JobFields, origin: &str) -> RawJob {
+    let started_at = job.started_at.or(run.run_started_at);
     RawJob {
         origin: origin.to_owned(),
         id: run.id,
@@ -393,7 +402,7 @@ fn into_job(run: RawRun, job: JobFields, origin: &str) -> RawJob {
         status: run.status,
         conclusion: run.conclusion,
         created_at: run.created_at,
-        started_at: job.started_at,
+        started_at,
         completed_at: job.completed_at,
         labels: job.labels,
         runner_group_name: job.runner_group_name,
@@ -513,8 +522,8 @@ impl<'de> de::Deserialize<'de> for MaybeStep {
                         Key::Name => &mut step.name,
                         Key::Status => &mut step.status,
                         Key::Conclusion => &mut step.conclusion,
-                        Key::StartedAtSnake => &mut step.started_at,
-                        Key::CompletedAt => &mut step.completed_at,
+                        Key::StartedAtSnake | Key::StartedAt => &mut step.started_at,
+                        Key::CompletedAt | Key::CompletedAtCamel => &mut step.completed_at,
                         Key::Number => &mut step.number,
                         _ => {
                             map.next_value::<IgnoredAny>()?;
@@ -632,15 +641,14 @@ impl<'de> Visitor<'de> for JobListSeed<'_, '_, '_, '_> {
             let seed = NestedObjectSeed { context: &mut *self.context, position };
             let record = match seq.next_element_seed(seed)? {
                 None => return Ok(()),
-                Some(Some(object)) if object.job.run_id.is_some() => {
+                // The jobs API's objects have a run_id; `gh run view --json jobs` rows have gh's
+                // camelCase names (`databaseId`, `startedAt`, `completedAt`) and a url.
+                Some(Some(object)) if object.job.run_id.is_some() || object.camel_keys => {
                     Record::Job(Box::new(into_job(object.run, object.job, &origin)))
                 }
-                // gh's `run view --json jobs` rows have no run_id: not read (yet).
                 Some(_) => Record::Unrecognised {
                     origin,
-                    reason: "not a job of GitHub's jobs API (no \"run_id\"); gh run view --json jobs rows are \
-                             not read: use gh api repos/OWNER/REPO/actions/runs/ID/jobs"
-                        .to_owned(),
+                    reason: "not a job (no \"run_id\", nor gh's \"databaseId\")".to_owned(),
                 },
             };
             self.context.emit(record)?;
