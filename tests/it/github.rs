@@ -341,6 +341,57 @@ fn the_token_and_the_api_root_come_from_where_github_actions_puts_them() {
 }
 
 #[test]
+fn with_jobs_each_new_run_goes_out_with_its_jobs_and_never_without() {
+    let now = fixtures::now();
+    let env = Env::new();
+    let intake = Intake::start();
+    let github = GithubStandIn::start();
+    github.add([GhRun::completed(REPO, 1, now - 1500), GhRun::completed(REPO, 2, now - 1400)]);
+    let out = pass(&env, &intake, &github, &["--jobs"]);
+    assert_eq!(sent(out.expect_code(0)), 2 + 4);
+    assert!(env.sent_keys().contains(&"octo-org/octo-repo:job:110".to_owned()), "{:?}", env.sent_keys());
+    assert_eq!(intake.total("github.actions.job.total"), 4.0);
+    // Listed again (the boundary run, a rescan): their jobs are not asked for again.
+    let jobs_asked = |github: &GithubStandIn| github.urls().iter().filter(|url| url.contains("/jobs")).count();
+    let before = jobs_asked(&github);
+    assert_eq!(sent(pass(&env, &intake, &github, &["--jobs", "--rescan-every", "0"]).expect_code(0)), 0);
+    assert_eq!(jobs_asked(&github), before);
+    // A new run whose jobs cannot be fetched: neither it nor its jobs go out, and the next pass
+    // sends both.
+    github.add([GhRun::completed(REPO, 3, now - 1300)]);
+    github.fail_jobs(100);
+    pass(&env, &intake, &github, &["--jobs", "--max-attempts", "2"]).expect_code(1);
+    assert!(!env.sent_keys().contains(&"octo-org/octo-repo:3:1".to_owned()), "a run went out without its jobs");
+    github.fail_jobs(0);
+    assert_eq!(sent(pass(&env, &intake, &github, &["--jobs"]).expect_code(0)), 1 + 2);
+}
+
+#[test]
+fn with_jobs_a_job_goes_out_when_it_completes_while_its_run_goes_on() {
+    let now = fixtures::now();
+    let env = Env::new();
+    let intake = Intake::start();
+    let github = GithubStandIn::start();
+    // In progress: its job `build` is done, `test` still runs.
+    github.add([GhRun::in_progress(REPO, 7, now - 1500)]);
+    assert_eq!(sent(pass(&env, &intake, &github, &["--jobs"]).expect_code(0)), 0);
+    assert_eq!(sent(pass(&env, &intake, &github, &["--jobs"]).expect_code(0)), 1, "build, before its run ends");
+    assert_eq!(env.sent_keys(), ["octo-org/octo-repo:job:710"]);
+    // One more pass learns the run's own ETag (the listing had shown it until now).
+    assert_eq!(sent(pass(&env, &intake, &github, &["--jobs"]).expect_code(0)), 0);
+    let spent = github.usage().2;
+    assert_eq!(sent(pass(&env, &intake, &github, &["--jobs"]).expect_code(0)), 0);
+    assert_eq!(github.usage().2, spent, "nothing changed: the run and its jobs answered 304");
+    github.update(7, |run| {
+        run.status = "completed";
+        run.conclusion = Some("success");
+        run.updated = now - 60;
+    });
+    assert_eq!(sent(pass(&env, &intake, &github, &["--jobs"]).expect_code(0)), 2, "the run and test");
+    assert_eq!(env.sent_keys(), ["octo-org/octo-repo:7:1", "octo-org/octo-repo:job:710", "octo-org/octo-repo:job:711"]);
+}
+
+#[test]
 fn a_missing_or_rejected_token_stops_before_anything_is_sent() {
     let env = Env::new();
     let intake = Intake::start();

@@ -59,7 +59,8 @@ pub async fn send(config: &SendConfig, log: &mut RunLog) -> Result<Summary, crat
             GithubClient::new(&github.api_url, github.auth.clone(), config.endpoint.request_timeout, github.max_wait)
                 .map_err(|error| crate::Error::Source(error.to_string()))?;
         let repositories = github.repositories.clone();
-        let source = GithubSource::new(client, repositories, github.since, github.rescan, config.retry.clone());
+        let source = GithubSource::new(client, repositories, github.since, github.rescan, config.retry.clone())
+            .with_jobs(config.jobs);
         sources.push(Box::new(source));
     }
     send_from(config, log, sources).await

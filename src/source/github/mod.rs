@@ -17,6 +17,11 @@
 //! saved only once every run yielded before it is sent, recorded or dead-lettered, so a crash or
 //! a failed request leaves the old cursor and the next pass lists those runs again.
 //!
+//! With `--jobs`, a new run's jobs are fetched before the run is handed over (if that fails,
+//! neither goes out), a run under way has its jobs asked for each pass with their `ETag` (those
+//! completed go out), and the cursor keeps which attempts' jobs went out, as far back as the
+//! rescan reaches.
+//!
 //! Re-runs: a new attempt keeps its run's creation time, so once the cursor has passed it, only
 //! the rescan (`--rescan` before the cursor, every `--rescan-every`) lists it again; a re-run in
 //! progress it finds is watched like any unfinished run. Re-runs of older runs are not seen: the
@@ -31,7 +36,7 @@ use tokio::sync::watch;
 
 use super::file::{read_from, Record};
 use super::{Checkpoint, Input, Source, SourceEvent, SourceUsage, Stop};
-use crate::model::{validate_run, Validated};
+use crate::model::{validate_run, Item, Validated};
 use crate::retry::{self, RetryPolicy};
 
 mod client;
@@ -61,6 +66,10 @@ struct Cursor {
     /// Runs seen unfinished, asked for one by one until they complete.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     watch: Vec<Watched>,
+    /// With `--jobs`: the attempts whose jobs were handed over (run id, attempt, created), as
+    /// far back as a rescan reaches, so that a run listed again does not cost its jobs again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    with_jobs: Vec<(u64, u32, i64)>,
 }
 
 /// A run seen unfinished, with the `ETag` of its last answer.
@@ -69,6 +78,16 @@ struct Watched {
     id: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     etag: Option<String>,
+    /// The attempt under way (with `--jobs`: whose jobs are asked for as they complete).
+    #[serde(default = "first_attempt")]
+    attempt: u32,
+    /// The `ETag` of that attempt's jobs listing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jobs_etag: Option<String>,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 /// A listing of the runs created in `from..=to`, older than the cursor, at `at`.
@@ -129,6 +148,8 @@ pub struct GithubSource {
     rescan: RescanPolicy,
     policy: RetryPolicy,
     cursors: HashMap<String, String>,
+    /// `--jobs`: each new run's jobs are fetched and handed over with it.
+    jobs: bool,
 }
 
 impl GithubSource {
@@ -139,7 +160,13 @@ impl GithubSource {
         rescan: RescanPolicy,
         policy: RetryPolicy,
     ) -> GithubSource {
-        GithubSource { client, repositories, since, rescan, policy, cursors: HashMap::new() }
+        GithubSource { client, repositories, since, rescan, policy, cursors: HashMap::new(), jobs: false }
+    }
+
+    /// Fetch each new run's jobs too (`--jobs`).
+    pub fn with_jobs(mut self, jobs: bool) -> GithubSource {
+        self.jobs = jobs;
+        self
     }
 
     /// The repositories of `org` that are neither archived nor disabled (`GET /orgs/{org}/repos`,
@@ -261,6 +288,7 @@ impl Source for GithubSource {
                 name: &name,
                 scope: &scope,
                 shutdown: &mut shutdown,
+                with_jobs: Vec::new(),
             };
             match pass.run(emit) {
                 Ok(()) => {}
@@ -320,7 +348,8 @@ struct Listed {
 #[derive(Default)]
 struct Seen {
     newest: Option<i64>,
-    unfinished: Vec<u64>,
+    /// Run id and attempt.
+    unfinished: Vec<(u64, u32)>,
 }
 
 /// One pass over one repository. HTTP runs on `runtime`; items are handed over outside it (the
@@ -332,6 +361,8 @@ struct Pass<'a> {
     name: &'a str,
     scope: &'a str,
     shutdown: &'a mut watch::Receiver<Option<i32>>,
+    /// Attempts whose jobs were handed over: the cursor's, and this pass's.
+    with_jobs: Vec<(u64, u32, i64)>,
 }
 
 impl Pass<'_> {
@@ -344,6 +375,7 @@ impl Pass<'_> {
             .unwrap_or(Cursor { low: self.source.since, ..Cursor::default() });
         let now = Utc::now().timestamp();
         let mut next = cursor.clone();
+        self.with_jobs = cursor.with_jobs.clone();
         // New runs: everything created since the cursor.
         let mut seen = Seen::default();
         let head = self.list(cursor.low, None, cursor.etag.as_deref(), now, &mut seen, emit)?;
@@ -357,27 +389,32 @@ impl Pass<'_> {
         // listing just showed are not asked again.)
         next.watch.clear();
         for watched in &cursor.watch {
-            if seen.unfinished.contains(&watched.id) {
-                continue;
-            }
-            let url =
-                self.source.client.url(&format!("repos/{}/{}/actions/runs/{}", self.owner, self.name, watched.id));
-            let page = match self.fetch(&url, watched.etag.as_deref(), emit) {
-                Ok(page) => page,
-                // Deleted since: nothing to wait for.
-                Err(Ended::Failed(GithubError::Status { status: 404 | 410, .. })) => continue,
-                Err(ended) => return Err(ended),
+            let listed = seen.unfinished.iter().find(|(id, _)| *id == watched.id).copied();
+            let mut still = if let Some((_, attempt)) = listed {
+                // The listing just showed it unfinished: no need to ask for the run again.
+                let mut still = watched.clone();
+                if still.attempt != attempt {
+                    still.attempt = attempt;
+                    still.jobs_etag = None;
+                }
+                Some(still)
+            } else {
+                let url =
+                    self.source.client.url(&format!("repos/{}/{}/actions/runs/{}", self.owner, self.name, watched.id));
+                let page = match self.fetch(&url, watched.etag.as_deref(), emit) {
+                    Ok(page) => page,
+                    // Deleted since: nothing to wait for.
+                    Err(Ended::Failed(GithubError::Status { status: 404 | 410, .. })) => continue,
+                    Err(ended) => return Err(ended),
+                };
+                self.watched_answer(watched, page, emit)?
             };
-            if page.status == 304 {
-                next.watch.push(watched.clone());
-                continue;
+            // Jobs of a run still under way go out as they complete: a long workflow's early
+            // jobs would otherwise be older than Datadog's window when the run ends.
+            if let Some(watched) = still.as_mut().filter(|_| self.source.jobs) {
+                watched.jobs_etag = self.running_jobs(watched, emit)?;
             }
-            let etag = page.etag.clone();
-            let mut run = Seen::default();
-            self.page_through(page, &mut run, emit)?;
-            if run.unfinished.contains(&watched.id) {
-                next.watch.push(Watched { id: watched.id, etag });
-            }
+            next.watch.extend(still);
         }
         // Older runs, created within the rescan window before the cursor, now and then, for
         // their re-runs (new attempts). Anchored on the cursor, the listing's URL stays the same
@@ -394,11 +431,15 @@ impl Pass<'_> {
             let listed = self.list(from, Some(to), etag, now, &mut seen, emit)?;
             next.rescan = Some(Rescan { at: now, from, to, etag: listed.etag });
         }
+        // Attempts whose jobs went out, as far back as the next rescan reaches.
+        let oldest = next.low - self.source.rescan.window;
+        next.with_jobs = std::mem::take(&mut self.with_jobs);
+        next.with_jobs.retain(|(_, _, created)| *created >= oldest);
         // Runs the listings showed unfinished (new ones, and re-runs under way) are watched from
         // the next pass on.
-        for id in seen.unfinished {
+        for (id, attempt) in seen.unfinished {
             if !next.watch.iter().any(|watched| watched.id == id) {
-                next.watch.push(Watched { id, etag: None });
+                next.watch.push(Watched { id, etag: None, attempt, jobs_etag: None });
             }
         }
         if next != cursor {
@@ -475,8 +516,11 @@ impl Pass<'_> {
         let mut number = 1;
         loop {
             let label = Input::Remote(format!("{} page {number}", self.scope));
+            // The page's records first, then (with --jobs) each new run's jobs, fetched before the
+            // run is handed over: a run never goes out without its jobs.
+            let mut records: Vec<(Validated, Option<i64>)> = Vec::new();
             let mut sink = |record: Record| -> Result<(), Stop> {
-                let validated = match record {
+                records.push(match record {
                     Record::Run(raw) => {
                         let created = match &raw.created_at {
                             Some(crate::model::Scalar::Str(text)) => {
@@ -491,14 +535,18 @@ impl Pass<'_> {
                         if let (Validated::NotCompleted { .. }, Some(crate::model::Scalar::UInt(id))) =
                             (&validated, &raw.id)
                         {
-                            seen.unfinished.push(*id);
+                            let attempt = match raw.attempt {
+                                Some(crate::model::Scalar::UInt(attempt)) => u32::try_from(attempt).unwrap_or(1),
+                                _ => 1,
+                            };
+                            seen.unfinished.push((*id, attempt));
                         }
-                        validated
+                        (validated, created)
                     }
-                    Record::Job(raw) => crate::model::validate_job(&raw),
-                    Record::Unrecognised { origin, reason } => Validated::Invalid { origin, reason },
-                };
-                emit(SourceEvent::Item(validated))
+                    Record::Job(raw) => (crate::model::validate_job(&raw), None),
+                    Record::Unrecognised { origin, reason } => (Validated::Invalid { origin, reason }, None),
+                });
+                Ok(())
             };
             match read_from(&label, &page.body[..], &mut sink) {
                 Ok(_) => {}
@@ -512,9 +560,119 @@ impl Pass<'_> {
                     }))
                 }
             }
+            for (validated, created) in records {
+                let jobs = match (&validated, created) {
+                    (Validated::Completed(Item::Run(run)), Some(created)) if self.source.jobs => {
+                        let done = (run.run_id, run.attempt);
+                        let known = self.with_jobs.iter().any(|(id, attempt, _)| (*id, *attempt) == done);
+                        if known {
+                            Vec::new()
+                        } else {
+                            let jobs = self.jobs(run.run_id, run.attempt, emit)?;
+                            self.with_jobs.push((run.run_id, run.attempt, created));
+                            jobs
+                        }
+                    }
+                    _ => Vec::new(),
+                };
+                emit(SourceEvent::Item(validated))?;
+                for job in jobs {
+                    emit(SourceEvent::Item(job))?;
+                }
+            }
             let Some(next) = page.next.take() else { return Ok(()) };
             page = self.fetch(&next, None, emit)?;
             number += 1;
+        }
+    }
+
+    /// What the answer about a watched run makes of it: still watched (with the new `ETag`, and
+    /// its jobs' while the attempt stays), or done (it was handed over with the page).
+    fn watched_answer(
+        &mut self,
+        watched: &Watched,
+        page: client::Page,
+        emit: &mut dyn FnMut(SourceEvent) -> Result<(), Stop>,
+    ) -> Result<Option<Watched>, Ended> {
+        if page.status == 304 {
+            return Ok(Some(watched.clone()));
+        }
+        let etag = page.etag.clone();
+        let mut run = Seen::default();
+        self.page_through(page, &mut run, emit)?;
+        Ok(run.unfinished.iter().find(|(id, _)| *id == watched.id).map(|&(id, attempt)| Watched {
+            id,
+            etag,
+            attempt,
+            jobs_etag: watched.jobs_etag.clone().filter(|_| attempt == watched.attempt),
+        }))
+    }
+
+    /// The jobs of a run under way, conditional on the last answer's `ETag`: those completed go
+    /// out (the ledger keeps each once), the others are counted as not completed. The ETag to
+    /// keep.
+    fn running_jobs(
+        &mut self,
+        watched: &Watched,
+        emit: &mut dyn FnMut(SourceEvent) -> Result<(), Stop>,
+    ) -> Result<Option<String>, Ended> {
+        let url = self.source.client.url(&format!(
+            "repos/{}/{}/actions/runs/{}/attempts/{}/jobs?per_page=100",
+            self.owner, self.name, watched.id, watched.attempt
+        ));
+        let page = self.fetch(&url, watched.jobs_etag.as_deref(), emit)?;
+        if page.status == 304 {
+            return Ok(watched.jobs_etag.clone());
+        }
+        let etag = page.etag.clone().filter(|_| page.next.is_none());
+        for job in self.job_pages(page, watched.id, watched.attempt, emit)? {
+            emit(SourceEvent::Item(job))?;
+        }
+        Ok(etag)
+    }
+
+    /// The jobs of one attempt of a run (`GET .../runs/{id}/attempts/{n}/jobs`, every page).
+    fn jobs(
+        &mut self,
+        run_id: u64,
+        attempt: u32,
+        emit: &mut dyn FnMut(SourceEvent) -> Result<(), Stop>,
+    ) -> Result<Vec<Validated>, Ended> {
+        let url = self.source.client.url(&format!(
+            "repos/{}/{}/actions/runs/{run_id}/attempts/{attempt}/jobs?per_page=100",
+            self.owner, self.name
+        ));
+        let page = self.fetch(&url, None, emit)?;
+        self.job_pages(page, run_id, attempt, emit)
+    }
+
+    /// The jobs of `page` and of the pages after it (`Link: rel="next"`).
+    fn job_pages(
+        &mut self,
+        mut page: client::Page,
+        run_id: u64,
+        attempt: u32,
+        emit: &mut dyn FnMut(SourceEvent) -> Result<(), Stop>,
+    ) -> Result<Vec<Validated>, Ended> {
+        let mut jobs = Vec::new();
+        loop {
+            let label = Input::Remote(format!("{} run {run_id} attempt {attempt} jobs", self.scope));
+            let mut sink = |record: Record| -> Result<(), Stop> {
+                if let Record::Job(raw) = record {
+                    jobs.push(crate::model::validate_job(&raw));
+                }
+                Ok(())
+            };
+            if let Err(error) = read_from(&label, &page.body[..], &mut sink) {
+                return Err(Ended::Failed(GithubError::Status {
+                    url: label.to_string(),
+                    status: page.status,
+                    body: error.to_string(),
+                    retry_after: None,
+                }));
+            }
+            let Some(next) = page.next.take() else { return Ok(jobs) };
+            page = self.fetch(&next, None, emit)?;
         }
     }
 }
@@ -567,11 +725,11 @@ mod tests {
         let cursor = Cursor {
             low: 1_700_000_000,
             etag: Some("W/\"abc\"".into()),
-            watch: vec![Watched { id: 7, etag: None }],
+            watch: vec![Watched { id: 7, etag: None, attempt: 1, jobs_etag: None }],
             ..Cursor::default()
         };
         let text = serde_json::to_string(&cursor).unwrap();
-        assert_eq!(text, r#"{"low":1700000000,"etag":"W/\"abc\"","watch":[{"id":7}]}"#);
+        assert_eq!(text, r#"{"low":1700000000,"etag":"W/\"abc\"","watch":[{"id":7,"attempt":1}]}"#);
         assert_eq!(serde_json::from_str::<Cursor>(&text).unwrap(), cursor);
         assert_eq!(serde_json::from_str::<Cursor>(r#"{"low":5}"#).unwrap(), Cursor { low: 5, ..Cursor::default() });
         assert_eq!(scope("Octo-Org", "Repo"), "github:octo-org/repo");

@@ -76,6 +76,8 @@ struct Inner {
     secondary: u32,
     /// Repositories of organisations: full name, archived.
     repos: Vec<(String, bool)>,
+    /// A real job object (from ../shared), the model of the jobs the stand-in serves.
+    job_template: Value,
     /// A GitHub App that may buy installation tokens, and the tokens it bought (with expiry).
     app: Option<App>,
     issued: Vec<(String, i64)>,
@@ -84,6 +86,8 @@ struct Inner {
     over_limit: u64,
     /// The next requests answered 502 (a GitHub outage).
     failing: u32,
+    /// The next requests for jobs answered 502.
+    failing_jobs: u32,
 }
 
 /// The stand-in's GitHub App: its id, public key, installation, and how long a token lives.
@@ -105,11 +109,14 @@ impl GithubStandIn {
         let path =
             crate::support::shared("github/examples").join("rest_run_github_openapi_example_workflow-run_queued.json");
         let template: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let inner = Arc::new(Mutex::new(Inner::default()));
+        let jobs = crate::support::shared("github/examples").join("rest_jobs_pygithub_2023-01_5jobs_steps.json");
+        let jobs: Value = serde_json::from_str(&std::fs::read_to_string(jobs).unwrap()).unwrap();
+        let inner = Arc::new(Mutex::new(Inner { job_template: jobs["jobs"][0].clone(), ..Inner::default() }));
         let stand_in_state = (inner.clone(), Arc::new(template));
         let app = Router::new()
             .route("/repos/{owner}/{repo}/actions/runs", get(list))
             .route("/repos/{owner}/{repo}/actions/runs/{id}", get(one_run))
+            .route("/repos/{owner}/{repo}/actions/runs/{id}/attempts/{attempt}/jobs", get(attempt_jobs))
             .route("/orgs/{org}/repos", get(org_repos))
             .route("/orgs/{org}/installation", get(installation))
             .route("/repos/{owner}/{repo}/installation", get(installation))
@@ -139,6 +146,11 @@ impl GithubStandIn {
         inner.quota = Some(quota);
         inner.spent = 0;
         inner.reset = Some(Utc::now().timestamp() + reset_in);
+    }
+
+    /// Answers the next `count` requests for jobs with 502 Bad Gateway.
+    pub fn fail_jobs(&self, count: u32) {
+        self.inner.lock().unwrap().failing_jobs = count;
     }
 
     /// Answers the next `count` requests with 502 Bad Gateway.
@@ -426,6 +438,56 @@ async fn one_run(
         return (StatusCode::NOT_FOUND, json!({"message": "Not Found"}).to_string()).into_response();
     };
     let body = render(&template, run).to_string();
+    answer(&mut inner, &limits, &headers, body, None)
+}
+
+/// `GET /repos/{o}/{r}/actions/runs/{id}/attempts/{n}/jobs`: the attempt's two jobs, `build`
+/// and `test`, made from a real job; completed when the run is, else `build` completed and
+/// `test` in progress.
+async fn attempt_jobs(
+    State((inner, _)): State<StandInState>,
+    Path((owner, repo, id, attempt)): Path<(String, String, u64, u32)>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let mut inner = inner.lock().unwrap();
+    let limits = match admit(&mut inner, &headers, &uri) {
+        Ok(limits) => limits,
+        Err(response) => return *response,
+    };
+    if inner.failing_jobs > 0 {
+        inner.failing_jobs -= 1;
+        return (StatusCode::BAD_GATEWAY, "<html>502 Bad Gateway</html>").into_response();
+    }
+    let full_name = format!("{owner}/{repo}");
+    let Some(run) = inner
+        .runs
+        .iter()
+        .find(|run| run.id == id && run.attempt == attempt && run.repo.eq_ignore_ascii_case(&full_name))
+    else {
+        return (StatusCode::NOT_FOUND, json!({"message": "Not Found"}).to_string()).into_response();
+    };
+    let jobs: Vec<Value> = ["build", "test"]
+        .iter()
+        .enumerate()
+        .map(|(index, name)| {
+            let mut job = inner.job_template.clone();
+            let done = run.status == "completed" || index == 0;
+            let started = run.started + 2 * index as i64;
+            job["id"] = json!(run.id * 100 + u64::from(run.attempt) * 10 + index as u64);
+            job["run_id"] = json!(run.id);
+            job["run_attempt"] = json!(run.attempt);
+            job["name"] = json!(name);
+            job["created_at"] = json!(iso(run.started - 1));
+            job["started_at"] = json!(iso(started));
+            job["status"] = json!(if done { "completed" } else { "in_progress" });
+            job["conclusion"] = if done { json!("success") } else { Value::Null };
+            job["completed_at"] = if done { json!(iso(started + 60)) } else { Value::Null };
+            job["run_url"] = json!(format!("https://api.github.com/repos/{}/actions/runs/{}", run.repo, run.id));
+            job
+        })
+        .collect();
+    let body = json!({"total_count": jobs.len(), "jobs": jobs}).to_string();
     answer(&mut inner, &limits, &headers, body, None)
 }
 
