@@ -7,6 +7,31 @@ use std::fmt;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::Key;
+
+/// The visitor methods of a lenient field for the scalar JSON values it does not take: each
+/// reads as `$absent`.
+macro_rules! absent_otherwise {
+    ($value:ty, $absent:expr) => {
+        fn visit_unit<E: de::Error>(self) -> Result<$value, E> {
+            Ok($absent)
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<$value, E> {
+            Ok($absent)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<$value, E> {
+            Ok($absent)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<$value, E> {
+            Ok($absent)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<$value, E> {
+            Ok($absent)
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<$value, E> {
+            Ok($absent)
+        }
+    };
+}
 use crate::model::{RawStep, RepoRef, Scalar, ScalarVisitor};
 
 /// `labels`: an array of strings; anything else reads as none.
@@ -31,24 +56,7 @@ impl<'de> de::Deserialize<'de> for LabelsField {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
                 Ok(LabelsField(None))
             }
-            fn visit_unit<E: de::Error>(self) -> Result<LabelsField, E> {
-                Ok(LabelsField(None))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<LabelsField, E> {
-                Ok(LabelsField(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<LabelsField, E> {
-                Ok(LabelsField(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<LabelsField, E> {
-                Ok(LabelsField(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<LabelsField, E> {
-                Ok(LabelsField(None))
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<LabelsField, E> {
-                Ok(LabelsField(None))
-            }
+            absent_otherwise!(LabelsField, LabelsField(None));
         }
         deserializer.deserialize_any(LabelsVisitor)
     }
@@ -76,24 +84,7 @@ impl<'de> de::Deserialize<'de> for StepsField {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
                 Ok(StepsField(Vec::new()))
             }
-            fn visit_unit<E: de::Error>(self) -> Result<StepsField, E> {
-                Ok(StepsField(Vec::new()))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<StepsField, E> {
-                Ok(StepsField(Vec::new()))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<StepsField, E> {
-                Ok(StepsField(Vec::new()))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<StepsField, E> {
-                Ok(StepsField(Vec::new()))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<StepsField, E> {
-                Ok(StepsField(Vec::new()))
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<StepsField, E> {
-                Ok(StepsField(Vec::new()))
-            }
+            absent_otherwise!(StepsField, StepsField(Vec::new()));
         }
         deserializer.deserialize_any(StepsVisitor)
     }
@@ -133,24 +124,7 @@ impl<'de> de::Deserialize<'de> for MaybeStep {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
                 Ok(MaybeStep(None))
             }
-            fn visit_unit<E: de::Error>(self) -> Result<MaybeStep, E> {
-                Ok(MaybeStep(None))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<MaybeStep, E> {
-                Ok(MaybeStep(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<MaybeStep, E> {
-                Ok(MaybeStep(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<MaybeStep, E> {
-                Ok(MaybeStep(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<MaybeStep, E> {
-                Ok(MaybeStep(None))
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<MaybeStep, E> {
-                Ok(MaybeStep(None))
-            }
+            absent_otherwise!(MaybeStep, MaybeStep(None));
         }
         deserializer.deserialize_any(StepVisitor)
     }
