@@ -5,8 +5,10 @@
 //! | `job.total`, `job.conclusion.<conclusion>_total` | count | jobs completed at that second |
 //! | `job.duration_second` | gauge | `completed_at - started_at` |
 //! | `job.queued_duration_second` | gauge | `started_at - created_at`, when known and not negative |
+//! | `job.start_time_from_workflow_start_second` | gauge | `started_at - run_started_at`, when the run is known |
 //! | `step.total`, `step.conclusion.<conclusion>_total` | count | steps completed at that second |
 //! | `step.duration_second` | gauge | `completed_at - started_at` |
+//! | `step.start_time_from_workflow_start_second` | gauge | `started_at - run_started_at`, when the run is known |
 //!
 //! Tags: those of the run that a job carries (`repository_owner`, `repository_name`,
 //! `workflow_name`, `branch`, `run_attempt`), the job's `conclusion`, `job_name`, `runs_on` (its
@@ -21,18 +23,24 @@ pub(super) static JOB: Family = Family {
     gauges: &[
         GaugeMetric { name: "duration_second", unit: "second" },
         GaugeMetric { name: "queued_duration_second", unit: "second" },
+        GaugeMetric { name: "start_time_from_workflow_start_second", unit: "second" },
     ],
 };
 
-pub(super) static STEP: Family =
-    Family { entity: Entity::Step, gauges: &[GaugeMetric { name: "duration_second", unit: "second" }] };
+pub(super) static STEP: Family = Family {
+    entity: Entity::Step,
+    gauges: &[
+        GaugeMetric { name: "duration_second", unit: "second" },
+        GaugeMetric { name: "start_time_from_workflow_start_second", unit: "second" },
+    ],
+};
 
 pub(super) fn job_gauges(job: &Job) -> Gauges {
-    [job.duration_seconds, job.queued_seconds, None]
+    [job.duration_seconds, job.queued_seconds, job.start_from_workflow_seconds]
 }
 
 pub(super) fn step_gauges(step: &Step) -> Gauges {
-    [step.duration_seconds, None, None]
+    [step.duration_seconds, step.start_from_workflow_seconds, None]
 }
 
 fn context_tags(context: &JobContext, conclusion: &str, extra: usize) -> Vec<String> {

@@ -81,8 +81,23 @@ pub struct Job {
     pub completed_at: i64,
     pub duration_seconds: Option<f64>,
     pub queued_seconds: Option<f64>,
+    /// `started_at - run_started_at` of its run, once the run is known ([`Job::anchor`]).
+    pub start_from_workflow_seconds: Option<f64>,
+    /// `started_at`, unix milliseconds.
+    pub started_ms: Option<i64>,
     /// Its completed steps, handed out as items of their own with `--steps`.
     pub steps: Vec<Step>,
+}
+
+impl Job {
+    /// Measures the job's and its steps' starts from their run's (`run_started_at`, unix
+    /// milliseconds): left out when either is unknown or the difference is negative.
+    pub fn anchor(&mut self, run_started_ms: Option<i64>) {
+        self.start_from_workflow_seconds = span(run_started_ms, self.started_ms);
+        for step in &mut self.steps {
+            step.start_from_workflow_seconds = span(run_started_ms, step.started_ms);
+        }
+    }
 }
 
 /// One completed step of a job, validated.
@@ -95,6 +110,9 @@ pub struct Step {
     pub conclusion: String,
     pub completed_at: i64,
     pub duration_seconds: Option<f64>,
+    /// `started_at - run_started_at` of its run, once the run is known.
+    pub start_from_workflow_seconds: Option<f64>,
+    pub started_ms: Option<i64>,
 }
 
 /// Validates one raw job (and its steps).
@@ -164,6 +182,8 @@ fn validate_inner(raw: &RawJob) -> Result<Validated, Problem> {
         completed_at,
         duration_seconds: span(started_ms, Some(completed_ms)),
         queued_seconds: span(created_ms, started_ms),
+        start_from_workflow_seconds: None,
+        started_ms,
         steps,
     }))))
 }
@@ -188,6 +208,8 @@ fn validate_step(
         conclusion,
         completed_at: completed_ms.map_or(job_completed_at, |ms| ms.div_euclid(1000)),
         duration_seconds: span(started_ms, completed_ms),
+        start_from_workflow_seconds: None,
+        started_ms,
     }))
 }
 
@@ -279,6 +301,19 @@ mod tests {
                 ("octo-org/octo-repo:job:399444496:step:2", 1_579_542_279, None),
             ]
         );
+    }
+
+    #[test]
+    fn starts_are_measured_from_the_run_once_it_is_known() {
+        let mut job = job(&raw());
+        assert_eq!(job.start_from_workflow_seconds, None);
+        // The run started at 17:42:30Z: the job 10 s later, its first step 10 s later too.
+        job.anchor(Some(1_579_542_150_000));
+        assert_eq!(job.start_from_workflow_seconds, Some(10.0));
+        assert_eq!(job.steps[0].start_from_workflow_seconds, Some(10.0));
+        assert_eq!(job.steps[1].start_from_workflow_seconds, None, "a skipped step has no start");
+        job.anchor(Some(1_579_542_200_000));
+        assert_eq!(job.start_from_workflow_seconds, None, "a run that started after its job: a re-run's");
     }
 
     #[test]

@@ -76,6 +76,9 @@ pub struct Run {
     pub duration_seconds: Option<f64>,
     /// `run_started_at - created_at`, attempt 1 only, when known and not negative.
     pub queued_seconds: Option<f64>,
+    /// `run_started_at` (the latest attempt's start), unix milliseconds: where its jobs' and
+    /// steps' start times are measured from.
+    pub started_ms: Option<i64>,
 }
 
 const PARTS: usize = 7;
@@ -275,6 +278,7 @@ fn validate_inner(raw: &RawRun, default_repo: Option<&(String, String)>) -> Resu
         completed_at: completed_ms.div_euclid(1000),
         duration_seconds,
         queued_seconds,
+        started_ms,
     })))
 }
 

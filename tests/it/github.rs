@@ -351,6 +351,15 @@ fn with_jobs_each_new_run_goes_out_with_its_jobs_and_never_without() {
     assert_eq!(sent(out.expect_code(0)), 2 + 4);
     assert!(env.sent_keys().contains(&"octo-org/octo-repo:job:110".to_owned()), "{:?}", env.sent_keys());
     assert_eq!(intake.total("github.actions.job.total"), 4.0);
+    // The stand-in starts `test` 2 s after its run: measured from the run's start.
+    let offsets: Vec<f64> = intake
+        .stored()
+        .into_iter()
+        .filter(|p| p.metric == "github.actions.job.start_time_from_workflow_start_second")
+        .filter(|p| p.tags.contains(&"job_name:test".to_owned()))
+        .map(|p| p.value)
+        .collect();
+    assert_eq!(offsets, [2.0, 2.0], "one per run");
     // Listed again (the boundary run, a rescan): their jobs are not asked for again.
     let jobs_asked = |github: &GithubStandIn| github.urls().iter().filter(|url| url.contains("/jobs")).count();
     let before = jobs_asked(&github);

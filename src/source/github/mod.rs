@@ -84,6 +84,10 @@ struct Watched {
     /// The `ETag` of that attempt's jobs listing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     jobs_etag: Option<String>,
+    /// That attempt's start (`run_started_at`), unix milliseconds: its jobs' starts are
+    /// measured from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    started_ms: Option<i64>,
 }
 
 fn first_attempt() -> u32 {
@@ -348,8 +352,8 @@ struct Listed {
 #[derive(Default)]
 struct Seen {
     newest: Option<i64>,
-    /// Run id and attempt.
-    unfinished: Vec<(u64, u32)>,
+    /// Run id, attempt and the attempt's start (unix milliseconds).
+    unfinished: Vec<(u64, u32, Option<i64>)>,
 }
 
 /// One pass over one repository. HTTP runs on `runtime`; items are handed over outside it (the
@@ -389,14 +393,15 @@ impl Pass<'_> {
         // listing just showed are not asked again.)
         next.watch.clear();
         for watched in &cursor.watch {
-            let listed = seen.unfinished.iter().find(|(id, _)| *id == watched.id).copied();
-            let mut still = if let Some((_, attempt)) = listed {
+            let listed = seen.unfinished.iter().find(|(id, _, _)| *id == watched.id).copied();
+            let mut still = if let Some((_, attempt, started_ms)) = listed {
                 // The listing just showed it unfinished: no need to ask for the run again.
                 let mut still = watched.clone();
                 if still.attempt != attempt {
                     still.attempt = attempt;
                     still.jobs_etag = None;
                 }
+                still.started_ms = started_ms;
                 Some(still)
             } else {
                 let url =
@@ -437,9 +442,9 @@ impl Pass<'_> {
         next.with_jobs.retain(|(_, _, created)| *created >= oldest);
         // Runs the listings showed unfinished (new ones, and re-runs under way) are watched from
         // the next pass on.
-        for (id, attempt) in seen.unfinished {
+        for (id, attempt, started_ms) in seen.unfinished {
             if !next.watch.iter().any(|watched| watched.id == id) {
-                next.watch.push(Watched { id, etag: None, attempt, jobs_etag: None });
+                next.watch.push(Watched { id, etag: None, attempt, jobs_etag: None, started_ms });
             }
         }
         if next != cursor {
@@ -539,7 +544,13 @@ impl Pass<'_> {
                                 Some(crate::model::Scalar::UInt(attempt)) => u32::try_from(attempt).unwrap_or(1),
                                 _ => 1,
                             };
-                            seen.unfinished.push((*id, attempt));
+                            let started_ms = match &raw.run_started_at {
+                                Some(crate::model::Scalar::Str(text)) => {
+                                    DateTime::parse_from_rfc3339(text).ok().map(|time| time.timestamp_millis())
+                                }
+                                _ => None,
+                            };
+                            seen.unfinished.push((*id, attempt, started_ms));
                         }
                         (validated, created)
                     }
@@ -568,7 +579,12 @@ impl Pass<'_> {
                         if known {
                             Vec::new()
                         } else {
-                            let jobs = self.jobs(run.run_id, run.attempt, emit)?;
+                            let mut jobs = self.jobs(run.run_id, run.attempt, emit)?;
+                            for job in &mut jobs {
+                                if let Validated::Completed(Item::Job(job)) = job {
+                                    job.anchor(run.started_ms);
+                                }
+                            }
                             self.with_jobs.push((run.run_id, run.attempt, created));
                             jobs
                         }
@@ -600,11 +616,12 @@ impl Pass<'_> {
         let etag = page.etag.clone();
         let mut run = Seen::default();
         self.page_through(page, &mut run, emit)?;
-        Ok(run.unfinished.iter().find(|(id, _)| *id == watched.id).map(|&(id, attempt)| Watched {
+        Ok(run.unfinished.iter().find(|(id, _, _)| *id == watched.id).map(|&(id, attempt, started_ms)| Watched {
             id,
             etag,
             attempt,
             jobs_etag: watched.jobs_etag.clone().filter(|_| attempt == watched.attempt),
+            started_ms,
         }))
     }
 
@@ -625,7 +642,10 @@ impl Pass<'_> {
             return Ok(watched.jobs_etag.clone());
         }
         let etag = page.etag.clone().filter(|_| page.next.is_none());
-        for job in self.job_pages(page, watched.id, watched.attempt, emit)? {
+        for mut job in self.job_pages(page, watched.id, watched.attempt, emit)? {
+            if let Validated::Completed(Item::Job(job)) = &mut job {
+                job.anchor(watched.started_ms);
+            }
             emit(SourceEvent::Item(job))?;
         }
         Ok(etag)
@@ -725,7 +745,7 @@ mod tests {
         let cursor = Cursor {
             low: 1_700_000_000,
             etag: Some("W/\"abc\"".into()),
-            watch: vec![Watched { id: 7, etag: None, attempt: 1, jobs_etag: None }],
+            watch: vec![Watched { id: 7, etag: None, attempt: 1, jobs_etag: None, started_ms: None }],
             ..Cursor::default()
         };
         let text = serde_json::to_string(&cursor).unwrap();
