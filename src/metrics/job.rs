@@ -53,6 +53,9 @@ fn context_tags(context: &JobContext, conclusion: &str, extra: usize) -> Vec<Str
     }
     tags.push(tag("conclusion", conclusion));
     tags.push(format!("run_attempt:{}", context.attempt));
+    if let Some(on_default) = context.on_default_branch {
+        tags.push(format!("default_branch:{on_default}"));
+    }
     tags.push(tag("job_name", &context.job_name));
     if let Some(runs_on) = &context.runs_on {
         tags.push(tag("runs_on", runs_on));
@@ -91,4 +94,9 @@ pub(super) fn cache_key(context: &JobContext, conclusion: &str, step_name: Optio
         scratch.push('\u{1f}');
     }
     scratch.push_str(itoa::Buffer::new().format(context.attempt));
+    scratch.push(match context.on_default_branch {
+        Some(true) => 't',
+        Some(false) => 'f',
+        None => '-',
+    });
 }

@@ -37,6 +37,9 @@ pub(super) fn tags(run: &Run, extra: usize) -> Vec<String> {
     }
     tags.push(tag("conclusion", run.conclusion()));
     tags.push(format!("run_attempt:{}", run.attempt));
+    if let Some(on_default) = run.on_default_branch {
+        tags.push(format!("default_branch:{on_default}"));
+    }
     tags
 }
 
@@ -60,4 +63,9 @@ pub(super) fn cache_key(run: &Run, scratch: &mut String) {
     }
     scratch.push('\u{1f}');
     scratch.push_str(itoa::Buffer::new().format(run.attempt));
+    scratch.push(match run.on_default_branch {
+        Some(true) => 't',
+        Some(false) => 'f',
+        None => '-',
+    });
 }

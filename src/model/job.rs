@@ -13,8 +13,8 @@
 //! - `runs_on` is the job's labels, sorted and joined with `,`: the tag queue time is charted by.
 
 use super::run::{
-    describe, invalid, millis_to_seconds, non_empty, optional_string, positive_integer, repo_from_ref, repo_from_url,
-    time, Problem,
+    describe, invalid, millis_to_seconds, non_empty, on_default_branch, optional_string, positive_integer,
+    repo_from_ref, repo_from_url, time, Problem,
 };
 use super::{Item, RepoRef, Scalar, Validated};
 
@@ -67,6 +67,8 @@ pub struct JobContext {
     /// The labels, sorted, joined with `,`.
     pub runs_on: Option<String>,
     pub runner_group: Option<String>,
+    /// Whether the branch is the repository's default branch, when the record tells the default.
+    pub on_default_branch: Option<bool>,
 }
 
 /// One completed job, validated.
@@ -162,6 +164,7 @@ fn validate_inner(raw: &RawJob) -> Result<Validated, Problem> {
         job_name: non_empty(raw.name.as_ref()).unwrap_or_else(|| "unknown".to_owned()),
         runs_on: (!labels.is_empty()).then(|| labels.join(",")),
         runner_group: non_empty(raw.runner_group_name.as_ref()),
+        on_default_branch: on_default_branch(raw.repository.as_ref(), non_empty(raw.head_branch.as_ref()).as_deref()),
     };
     let completed_at = completed_ms.div_euclid(1000);
     let steps = raw

@@ -24,6 +24,9 @@ pub struct RepoRef {
     pub full_name: Option<String>,
     pub owner: Option<String>,
     pub name: Option<String>,
+    /// The repository's default branch, where the record tells it (event payloads; with
+    /// `--github`, the repository asked once a pass).
+    pub default_branch: Option<String>,
 }
 
 /// The fields of one workflow run as read, REST (snake_case) and gh (camelCase) names merged.
@@ -79,6 +82,8 @@ pub struct Run {
     /// `run_started_at` (the latest attempt's start), unix milliseconds: where its jobs' and
     /// steps' start times are measured from.
     pub started_ms: Option<i64>,
+    /// Whether its branch is the repository's default branch, when the record tells the default.
+    pub on_default_branch: Option<bool>,
 }
 
 const PARTS: usize = 7;
@@ -279,7 +284,14 @@ fn validate_inner(raw: &RawRun, default_repo: Option<&(String, String)>) -> Resu
         duration_seconds,
         queued_seconds,
         started_ms,
+        on_default_branch: on_default_branch(raw.repository.as_ref(), branch.as_deref()),
     })))
+}
+
+/// Whether `branch` is the default branch of `repository`, when both are known.
+pub(super) fn on_default_branch(repository: Option<&RepoRef>, branch: Option<&str>) -> Option<bool> {
+    let default = repository?.default_branch.as_deref()?;
+    Some(branch? == default)
 }
 
 /// The ledger key of one attempt of one run: `owner/repo:run_id:attempt`.
@@ -529,6 +541,25 @@ mod tests {
             &with(completed(), "attempt", Scalar::UInt(2)),
             "octo-org/repo:42:2 success wf=CI id=Some(7) ev=push br=Some(\"main\") at=1714557900 dur=Some(269.5) q=None",
         );
+    }
+
+    #[test]
+    fn the_default_branch_is_told_when_the_repository_says_it() {
+        let mut raw = raw(&completed());
+        assert_eq!(validate_run_completed(&raw).on_default_branch, None);
+        raw.repository.as_mut().unwrap().default_branch = Some("main".into());
+        assert_eq!(validate_run_completed(&raw).on_default_branch, Some(true));
+        raw.head_branch = Some(s("feature/x"));
+        assert_eq!(validate_run_completed(&raw).on_default_branch, Some(false));
+        raw.head_branch = None;
+        assert_eq!(validate_run_completed(&raw).on_default_branch, None);
+    }
+
+    fn validate_run_completed(raw: &RawRun) -> Run {
+        match validate_run(raw, None) {
+            Validated::Completed(Item::Run(run)) => run,
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -345,6 +345,8 @@ fn real_payload_values_match_github() {
     for tag in [
         "branch:master",
         "conclusion:success",
+        // The payload's repository says its default branch is master.
+        "default_branch:true",
         "event:repository_dispatch",
         "repository_name:octo-repo",
         "repository_owner:octo-org",
@@ -354,7 +356,7 @@ fn real_payload_values_match_github() {
     ] {
         assert!(tags.contains(&tag.to_owned()), "{tag} missing from {tags:?}");
     }
-    assert_eq!(tags.len(), 8, "{tags:?}");
+    assert_eq!(tags.len(), 9, "{tags:?}");
 }
 
 /// The stand-in validates against a copy of Datadog's schema: it must stay the one in ../shared.

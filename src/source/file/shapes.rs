@@ -425,6 +425,9 @@ fn merge_repository(inner: &mut Option<RepoRef>, outer: Option<RepoRef>) {
         Some(inner) => {
             if inner.full_name.is_none() && (inner.owner.is_none() || inner.name.is_none()) {
                 *inner = outer;
+            } else if inner.default_branch.is_none() {
+                // A payload's nested run has a minimal repository; the payload's own says more.
+                inner.default_branch = outer.default_branch;
             }
         }
     }

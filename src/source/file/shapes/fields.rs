@@ -151,6 +151,7 @@ impl<'de> de::Deserialize<'de> for RepoField {
                         RepoKey::FullName => repo.full_name = map.next_value::<Scalar>()?.into_string(),
                         RepoKey::Name => repo.name = map.next_value::<Scalar>()?.into_string(),
                         RepoKey::Owner => repo.owner = map.next_value::<OwnerField>()?.0,
+                        RepoKey::DefaultBranch => repo.default_branch = map.next_value::<Scalar>()?.into_string(),
                         RepoKey::Other => {
                             map.next_value::<IgnoredAny>()?;
                         }
@@ -185,6 +186,7 @@ enum RepoKey {
     FullName,
     Name,
     Owner,
+    DefaultBranch,
     Other,
 }
 
@@ -201,6 +203,7 @@ impl<'de> de::Deserialize<'de> for RepoKey {
                     "full_name" => RepoKey::FullName,
                     "name" => RepoKey::Name,
                     "owner" => RepoKey::Owner,
+                    "default_branch" => RepoKey::DefaultBranch,
                     _ => RepoKey::Other,
                 })
             }
