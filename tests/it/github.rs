@@ -52,6 +52,10 @@ fn a_run_in_progress_over_many_passes_is_sent_once_after_it_completes() {
     assert_eq!(sent(pass(&env, &intake, &github, &[]).expect_code(0)), 0);
     assert_eq!(env.sent_keys(), ["octo-org/octo-repo:1:1", "octo-org/octo-repo:2:1", "octo-org/octo-repo:3:1"]);
     assert_eq!(intake.total(TOTAL), 3.0);
+    // The repository's default branch is main, as the runs' branch: asked once, tagged on all.
+    let points = intake.stored();
+    let totals: Vec<_> = points.iter().filter(|p| p.metric == TOTAL).collect();
+    assert!(totals.iter().all(|p| p.tags.contains(&"default_branch:true".to_owned())), "{totals:?}");
 }
 
 #[test]
@@ -194,17 +198,19 @@ fn a_spent_rate_limit_is_waited_for_when_near_and_stops_the_pass_when_not() {
     let intake = Intake::start();
     let github = GithubStandIn::start();
     github.add([GhRun::completed(REPO, 1, now - 1000)]);
-    // One request left this hour: the listing is answered, the rescan after it would be over.
+    // One request left this hour: the listing is answered; the repository's default branch and
+    // the rescan after it would be over (the first is best effort: the run goes out without it).
     github.set_quota(1, 3000);
     let out = pass(&env, &intake, &github, &[]);
     out.expect_code(1);
     assert!(out.stderr.contains("rate limit") && out.stderr.contains("--github-max-wait"), "{}", out.stderr);
     assert_eq!(github.usage().2, 1, "no request past the spent quota");
     assert_eq!(env.sent_keys(), ["octo-org/octo-repo:1:1"], "what was listed is sent");
-    // Reset in two seconds, within --github-max-wait: the pass waits for it and goes on.
+    // Reset in two seconds, within --github-max-wait: the pass waits for it and goes on (one
+    // request an hour: the listing, then the repository after the reset; no rescan).
     github.add([GhRun::completed(REPO, 2, now - 900)]);
     github.set_quota(1, 2);
-    let out = pass(&env, &intake, &github, &["--github-max-wait", "10"]);
+    let out = pass(&env, &intake, &github, &["--github-max-wait", "10", "--rescan", "0"]);
     out.expect_code(0);
     assert_eq!(github.over_limit(), 0, "a request went out before the reset: {}", out.stderr);
     assert_eq!(env.sent_keys(), ["octo-org/octo-repo:1:1", "octo-org/octo-repo:2:1"]);

@@ -70,6 +70,21 @@ struct Cursor {
     /// far back as a rescan reaches, so that a run listed again does not cost its jobs again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     with_jobs: Vec<(u64, u32, i64)>,
+    /// The repository's default branch as last asked (`GET /repos/{o}/{r}`), for the
+    /// `default_branch` tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    repository: Option<RepositoryInfo>,
+}
+
+/// What a pass needs of the repository itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct RepositoryInfo {
+    default_branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    etag: Option<String>,
+    /// When it was asked, unix seconds: asked again (with its ETag, free when unchanged) after
+    /// `--rescan-every`.
+    at: i64,
 }
 
 /// A run seen unfinished, with the `ETag` of its last answer.
@@ -293,6 +308,7 @@ impl Source for GithubSource {
                 scope: &scope,
                 shutdown: &mut shutdown,
                 with_jobs: Vec::new(),
+                repository: None,
             };
             match pass.run(emit) {
                 Ok(()) => {}
@@ -367,6 +383,8 @@ struct Pass<'a> {
     shutdown: &'a mut watch::Receiver<Option<i32>>,
     /// Attempts whose jobs were handed over: the cursor's, and this pass's.
     with_jobs: Vec<(u64, u32, i64)>,
+    /// The repository as the cursor or this pass knows it.
+    repository: Option<RepositoryInfo>,
 }
 
 impl Pass<'_> {
@@ -380,6 +398,7 @@ impl Pass<'_> {
         let now = Utc::now().timestamp();
         let mut next = cursor.clone();
         self.with_jobs = cursor.with_jobs.clone();
+        self.repository = cursor.repository.clone();
         // New runs: everything created since the cursor.
         let mut seen = Seen::default();
         let head = self.list(cursor.low, None, cursor.etag.as_deref(), now, &mut seen, emit)?;
@@ -436,6 +455,7 @@ impl Pass<'_> {
             let listed = self.list(from, Some(to), etag, now, &mut seen, emit)?;
             next.rescan = Some(Rescan { at: now, from, to, etag: listed.etag });
         }
+        next.repository = self.repository.take();
         // Attempts whose jobs went out, as far back as the next rescan reaches.
         let oldest = next.low - self.source.rescan.window;
         next.with_jobs = std::mem::take(&mut self.with_jobs);
@@ -518,6 +538,7 @@ impl Pass<'_> {
         seen: &mut Seen,
         emit: &mut dyn FnMut(SourceEvent) -> Result<(), Stop>,
     ) -> Result<(), Ended> {
+        let default_branch = self.default_branch(emit)?;
         let mut number = 1;
         loop {
             let label = Input::Remote(format!("{} page {number}", self.scope));
@@ -526,7 +547,8 @@ impl Pass<'_> {
             let mut records: Vec<(Validated, Option<i64>)> = Vec::new();
             let mut sink = |record: Record| -> Result<(), Stop> {
                 records.push(match record {
-                    Record::Run(raw) => {
+                    Record::Run(mut raw) => {
+                        lend_default_branch(&mut raw.repository, default_branch.as_deref());
                         let created = match &raw.created_at {
                             Some(crate::model::Scalar::Str(text)) => {
                                 DateTime::parse_from_rfc3339(text).ok().map(|time| time.timestamp())
@@ -625,6 +647,44 @@ impl Pass<'_> {
         }))
     }
 
+    /// The repository's default branch, asked at most every `--rescan-every` (with its ETag).
+    /// Best effort: when GitHub does not answer, the last one known (or none) serves, and the
+    /// runs still go out.
+    fn default_branch(
+        &mut self,
+        emit: &mut dyn FnMut(SourceEvent) -> Result<(), Stop>,
+    ) -> Result<Option<String>, Ended> {
+        let now = Utc::now().timestamp();
+        if let Some(info) = self.repository.as_ref().filter(|info| now - info.at < self.source.rescan.every) {
+            return Ok(info.default_branch.clone());
+        }
+        #[derive(Deserialize)]
+        struct Repository {
+            default_branch: Option<String>,
+        }
+        let url = self.source.client.url(&format!("repos/{}/{}", self.owner, self.name));
+        let etag = self.repository.as_ref().and_then(|info| info.etag.clone());
+        let page = match self.fetch(&url, etag.as_deref(), emit) {
+            Ok(page) => page,
+            Err(Ended::Stopped) => return Err(Ended::Stopped),
+            Err(Ended::Failed(error)) => {
+                tracing::warn!(repository = %self.scope, error = %error, "default branch unknown this pass");
+                return Ok(self.repository.as_ref().and_then(|info| info.default_branch.clone()));
+            }
+        };
+        let info = if page.status == 304 {
+            let last = self.repository.take().expect("a 304 answers the ETag the cursor kept");
+            RepositoryInfo { at: now, ..last }
+        } else {
+            let default_branch =
+                serde_json::from_slice::<Repository>(&page.body).ok().and_then(|repository| repository.default_branch);
+            RepositoryInfo { default_branch, etag: page.etag, at: now }
+        };
+        let default_branch = info.default_branch.clone();
+        self.repository = Some(info);
+        Ok(default_branch)
+    }
+
     /// The jobs of a run under way, conditional on the last answer's `ETag`: those completed go
     /// out (the ledger keeps each once), the others are counted as not completed. The ETag to
     /// keep.
@@ -677,8 +737,10 @@ impl Pass<'_> {
         let mut jobs = Vec::new();
         loop {
             let label = Input::Remote(format!("{} run {run_id} attempt {attempt} jobs", self.scope));
+            let default_branch = self.repository.as_ref().and_then(|info| info.default_branch.clone());
             let mut sink = |record: Record| -> Result<(), Stop> {
-                if let Record::Job(raw) = record {
+                if let Record::Job(mut raw) = record {
+                    lend_default_branch(&mut raw.repository, default_branch.as_deref());
                     jobs.push(crate::model::validate_job(&raw));
                 }
                 Ok(())
@@ -720,6 +782,16 @@ fn fetch(
         if etag.is_some() { "sent" } else { "-" },
     )))?;
     outcome.result.map_err(Ended::Failed)
+}
+
+/// Gives a record's repository the default branch the pass learned, unless it says its own.
+fn lend_default_branch(repository: &mut Option<crate::model::RepoRef>, default_branch: Option<&str>) {
+    if let Some(default_branch) = default_branch {
+        let repository = repository.get_or_insert_with(Default::default);
+        if repository.default_branch.is_none() {
+            repository.default_branch = Some(default_branch.to_owned());
+        }
+    }
 }
 
 /// `total_count` of a list body (0 when it has none).

@@ -114,6 +114,7 @@ impl GithubStandIn {
         let inner = Arc::new(Mutex::new(Inner { job_template: jobs["jobs"][0].clone(), ..Inner::default() }));
         let stand_in_state = (inner.clone(), Arc::new(template));
         let app = Router::new()
+            .route("/repos/{owner}/{repo}", get(repository))
             .route("/repos/{owner}/{repo}/actions/runs", get(list))
             .route("/repos/{owner}/{repo}/actions/runs/{id}", get(one_run))
             .route("/repos/{owner}/{repo}/actions/runs/{id}/attempts/{attempt}/jobs", get(attempt_jobs))
@@ -489,6 +490,23 @@ async fn attempt_jobs(
         .collect();
     let body = json!({"total_count": jobs.len(), "jobs": jobs}).to_string();
     answer(&mut inner, &limits, &headers, body, None)
+}
+
+/// `GET /repos/{o}/{r}`: the repository, whose default branch is `main`.
+async fn repository(
+    State((inner, _)): State<StandInState>,
+    Path((owner, repo)): Path<(String, String)>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let mut inner = inner.lock().unwrap();
+    let limits = match admit(&mut inner, &headers, &uri) {
+        Ok(limits) => limits,
+        Err(response) => return *response,
+    };
+    let body = json!({"id": 1, "name": repo, "full_name": format!("{owner}/{repo}"), "default_branch": "main",
+        "archived": false, "disabled": false, "private": false});
+    answer(&mut inner, &limits, &headers, body.to_string(), None)
 }
 
 /// `GET /orgs/{org}/repos`: a plain array of repositories, by name.
