@@ -22,7 +22,7 @@ use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::Router;
 use workflow_metrics::datadog::{self, Compression};
-use workflow_metrics::metrics::{SentPoint, SeriesSpec};
+use workflow_metrics::metrics::{SentPoint, SeriesSpec, TagFields};
 use workflow_metrics::model::{validate_run, Validated};
 use workflow_metrics::source::file::{read_input, Record};
 use workflow_metrics::source::Input;
@@ -500,7 +500,7 @@ fn floor(path: &Path) -> Floor {
     transaction.commit().unwrap();
     let ledger = started.elapsed().as_secs_f64();
 
-    let spec = SeriesSpec { prefix: "github.actions".into(), extra_tags: vec![] };
+    let spec = SeriesSpec { prefix: "github.actions".into(), extra_tags: vec![], fields: TagFields::default() };
     let mut encode = Duration::ZERO;
     let mut compress = Duration::ZERO;
     let mut planned = Vec::with_capacity(2500);

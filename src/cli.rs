@@ -174,6 +174,11 @@ pub struct SendArgs {
     #[arg(long)]
     pub steps: bool,
 
+    /// Tags on request, comma-separated: sender, sender_type (who triggered a run: a series per
+    /// person), pull_request_number (a series per pull request).
+    #[arg(long, value_name = "FIELDS", value_delimiter = ',')]
+    pub tag_fields: Vec<TagFieldArg>,
+
     /// Repository (owner/name) of gh run list rows that carry no url.
     #[arg(long, value_name = "OWNER/NAME")]
     pub repo: Option<String>,
@@ -304,6 +309,16 @@ pub enum CompressionArg {
     Gzip,
     /// zlib (`Content-Encoding: deflate`) level 6.
     Deflate,
+}
+
+/// `--tag-fields`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TagFieldArg {
+    Sender,
+    #[value(name = "sender_type")]
+    SenderType,
+    #[value(name = "pull_request_number")]
+    PullRequestNumber,
 }
 
 /// `ledger list --state`.

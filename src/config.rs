@@ -5,10 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{CheckArgs, CommonArgs, CompressionArg, LedgerLocationArgs, LogDetail, OutputFormat, SendArgs};
+use crate::cli::{
+    CheckArgs, CommonArgs, CompressionArg, LedgerLocationArgs, LogDetail, OutputFormat, SendArgs, TagFieldArg,
+};
 use crate::datadog::{self, ApiKey, Compression};
 use crate::ledger::Location;
-use crate::metrics::{self, SeriesSpec};
+use crate::metrics::{self, SeriesSpec, TagFields};
 use crate::model;
 use crate::retry::RetryPolicy;
 use crate::source::github::{GithubApp, GithubAuth, GithubToken, Repositories, RescanPolicy};
@@ -199,7 +201,15 @@ impl SendConfig {
             log_dir: args.log_dir,
             endpoint,
             api_key,
-            spec: SeriesSpec { prefix, extra_tags },
+            spec: SeriesSpec {
+                prefix,
+                extra_tags,
+                fields: TagFields {
+                    sender: args.tag_fields.contains(&TagFieldArg::Sender),
+                    sender_type: args.tag_fields.contains(&TagFieldArg::SenderType),
+                    pull_request_number: args.tag_fields.contains(&TagFieldArg::PullRequestNumber),
+                },
+            },
             default_repo,
             github,
             jobs: args.jobs || args.steps,

@@ -4,13 +4,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use workflow_metrics::metrics::{Planner, SentPoint, SeriesSpec, MAX_TAG_LENGTH};
+use workflow_metrics::metrics::{Planner, SentPoint, SeriesSpec, TagFields, MAX_TAG_LENGTH};
 use workflow_metrics::model::{validate_run, Validated};
 use workflow_metrics::source::file::{read_from, Record};
 use workflow_metrics::source::Input;
 
 fuzz_target!(|data: &[u8]| {
-    let spec = SeriesSpec { prefix: "p".into(), extra_tags: vec![] };
+    let spec = SeriesSpec { prefix: "p".into(), extra_tags: vec![], fields: TagFields::default() };
     let mut planner = Planner::new(spec.clone());
     let mut planned = Vec::new();
     let mut sink = |record: Record| {

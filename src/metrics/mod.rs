@@ -48,6 +48,17 @@ pub struct Series {
 pub struct SeriesSpec {
     pub prefix: String,
     pub extra_tags: Vec<String>,
+    /// Tags on request (`--tag-fields`).
+    pub fields: TagFields,
+}
+
+/// Tags that make a series per person or per pull request, so only on request
+/// (`--tag-fields sender,sender_type,pull_request_number`); runs only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TagFields {
+    pub sender: bool,
+    pub sender_type: bool,
+    pub pull_request_number: bool,
 }
 
 /// The metrics of one entity: every family has two counts, `<prefix>.<entity>.total` and
@@ -198,7 +209,7 @@ impl SeriesSpec {
 
     fn tags(&self, item: &Item) -> Vec<String> {
         let mut tags = match item {
-            Item::Run(run) => run::tags(run, self.extra_tags.len()),
+            Item::Run(run) => run::tags(run, self.fields, self.extra_tags.len()),
             Item::Job(job) => job::job_tags(job, self.extra_tags.len()),
             Item::Step(step) => job::step_tags(step, self.extra_tags.len()),
         };
@@ -455,7 +466,11 @@ mod tests {
 
     #[test]
     fn series_for_one_run() {
-        let spec = SeriesSpec { prefix: "github.actions".into(), extra_tags: vec!["team:ci".into()] };
+        let spec = SeriesSpec {
+            prefix: "github.actions".into(),
+            extra_tags: vec!["team:ci".into()],
+            fields: TagFields::default(),
+        };
         let run = planned(&spec, &completed());
         let series = spec.series(std::slice::from_ref(&run), &nothing_sent);
         let names: Vec<_> = series.iter().map(|s| (&*s.metric, s.kind.name(), s.points.clone())).collect();
@@ -486,7 +501,7 @@ mod tests {
 
     #[test]
     fn colliding_counts_are_summed_on_top_of_what_was_sent() {
-        let spec = SeriesSpec { prefix: "p".into(), extra_tags: vec![] };
+        let spec = SeriesSpec { prefix: "p".into(), extra_tags: vec![], fields: TagFields::default() };
         let first = planned(&spec, &completed());
         let second = planned(&spec, &with(completed(), "id", Scalar::UInt(43)));
         let other_time = planned(&spec, &with(completed(), "updated", s("2024-05-01T10:06:00Z")));
@@ -506,7 +521,7 @@ mod tests {
 
     #[test]
     fn colliding_gauges_keep_the_largest_value_across_requests() {
-        let spec = SeriesSpec { prefix: "p".into(), extra_tags: vec![] };
+        let spec = SeriesSpec { prefix: "p".into(), extra_tags: vec![], fields: TagFields::default() };
         // 269.5 s and 30.5 s queued, completed at the same second as runs sent earlier whose
         // largest duration was 500 s and largest queue time 10 s.
         let run = planned(&spec, &completed());
@@ -536,7 +551,7 @@ mod tests {
 
     #[test]
     fn split_keeps_point_keys_together() {
-        let spec = SeriesSpec { prefix: "p".into(), extra_tags: vec![] };
+        let spec = SeriesSpec { prefix: "p".into(), extra_tags: vec![], fields: TagFields::default() };
         let same: Vec<_> = (0..3).map(|i| planned(&spec, &with(completed(), "id", Scalar::UInt(100 + i)))).collect();
         assert!(split_in_two(same.clone()).is_err());
         let mut runs = same;
@@ -549,7 +564,7 @@ mod tests {
 
     #[test]
     fn the_planner_cache_gives_the_same_plan() {
-        let spec = SeriesSpec { prefix: "p".into(), extra_tags: vec!["x:y".into()] };
+        let spec = SeriesSpec { prefix: "p".into(), extra_tags: vec!["x:y".into()], fields: TagFields::default() };
         let mut planner = Planner::new(spec.clone());
         for fields in [completed(), with(completed(), "branch", s("dev")), completed()] {
             let run = completed_run(&fields);

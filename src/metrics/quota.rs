@@ -28,10 +28,15 @@ pub fn quota_series(spec: &SeriesSpec, quota: &Quota, timestamp: i64) -> Vec<Ser
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::TagFields;
 
     #[test]
     fn three_gauges_tagged_by_resource() {
-        let spec = SeriesSpec { prefix: "github.actions".into(), extra_tags: vec!["team:ci".into()] };
+        let spec = SeriesSpec {
+            prefix: "github.actions".into(),
+            extra_tags: vec!["team:ci".into()],
+            fields: TagFields::default(),
+        };
         let quota = Quota { limit: 5000, remaining: 4990, used: 10, reset: 0, resource: "core".into() };
         let series = quota_series(&spec, &quota, 1_700_000_000);
         let shown: Vec<_> = series.iter().map(|s| (&*s.metric, s.kind, s.points[0], &s.tags[..])).collect();

@@ -7,7 +7,7 @@
 //! | `workflow_run.duration_second` | gauge | `updated_at - run_started_at` (or `- created_at`) |
 //! | `workflow_run.queued_duration_second` | gauge | `run_started_at - created_at`, attempt 1 |
 
-use super::{tags::tag, Family, GaugeMetric, Gauges};
+use super::{tags::tag, Family, GaugeMetric, Gauges, TagFields};
 use crate::model::{Entity, Run};
 
 pub(super) static FAMILY: Family = Family {
@@ -23,7 +23,7 @@ pub(super) fn gauges(run: &Run) -> Gauges {
 }
 
 /// The run's own tags; `extra` more are appended by the caller.
-pub(super) fn tags(run: &Run, extra: usize) -> Vec<String> {
+pub(super) fn tags(run: &Run, fields: TagFields, extra: usize) -> Vec<String> {
     let mut tags = Vec::with_capacity(8 + extra);
     tags.push(tag("repository_owner", run.owner()));
     tags.push(tag("repository_name", run.repo()));
@@ -39,6 +39,17 @@ pub(super) fn tags(run: &Run, extra: usize) -> Vec<String> {
     tags.push(format!("run_attempt:{}", run.attempt));
     if let Some(on_default) = run.on_default_branch {
         tags.push(format!("default_branch:{on_default}"));
+    }
+    if let Some(extras) = &run.extras {
+        if let Some(sender) = extras.sender.as_deref().filter(|_| fields.sender) {
+            tags.push(tag("sender", sender));
+        }
+        if let Some(kind) = extras.sender_type.as_deref().filter(|_| fields.sender_type) {
+            tags.push(tag("sender_type", kind));
+        }
+        if let Some(number) = extras.pull_request.filter(|_| fields.pull_request_number) {
+            tags.push(format!("pull_request_number:{number}"));
+        }
     }
     tags
 }
@@ -68,4 +79,15 @@ pub(super) fn cache_key(run: &Run, scratch: &mut String) {
         Some(false) => 'f',
         None => '-',
     });
+    // The fields on request (whether asked or not: a cache key never says less than the tags).
+    if let Some(extras) = &run.extras {
+        for field in [extras.sender.as_deref(), extras.sender_type.as_deref()] {
+            scratch.push('\u{1f}');
+            scratch.push_str(field.unwrap_or("\u{2}"));
+        }
+        scratch.push('\u{1f}');
+        if let Some(number) = extras.pull_request {
+            scratch.push_str(itoa::Buffer::new().format(number));
+        }
+    }
 }

@@ -14,7 +14,7 @@ mod scalar;
 pub(crate) use run::testing;
 
 pub use job::{validate_job, Job, JobContext, RawJob, RawStep, Step};
-pub use run::{run_key, split_full_name, validate_run, RawRun, RepoRef, Run, GH_JSON_FIELDS};
+pub use run::{run_key, split_full_name, validate_run, Person, RawRun, RepoRef, Run, RunExtras, GH_JSON_FIELDS};
 pub use scalar::Scalar;
 pub(crate) use scalar::ScalarVisitor;
 

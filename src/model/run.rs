@@ -29,6 +29,14 @@ pub struct RepoRef {
     pub default_branch: Option<String>,
 }
 
+/// A GitHub user or bot as a record names it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Person {
+    pub login: Option<String>,
+    /// `User`, `Bot`, `Organization`.
+    pub kind: Option<String>,
+}
+
 /// The fields of one workflow run as read, REST (snake_case) and gh (camelCase) names merged.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RawRun {
@@ -55,6 +63,13 @@ pub struct RawRun {
     pub url: Option<Scalar>,
     pub html_url: Option<Scalar>,
     pub repository: Option<RepoRef>,
+    /// Who triggered it: the event payload's `sender`, else the run's `triggering_actor`, else
+    /// its `actor` (login, type).
+    pub sender: Option<Person>,
+    pub triggering_actor: Option<Person>,
+    pub actor: Option<Person>,
+    /// The number of the first of its `pull_requests`.
+    pub pull_request: Option<u64>,
 }
 
 /// One completed attempt of one workflow run, validated.
@@ -84,6 +99,16 @@ pub struct Run {
     pub started_ms: Option<i64>,
     /// Whether its branch is the repository's default branch, when the record tells the default.
     pub on_default_branch: Option<bool>,
+    /// Who triggered it and its pull request, when the record tells them (tags on request).
+    pub extras: Option<Box<RunExtras>>,
+}
+
+/// What only `--tag-fields` asks for; boxed, and only where the record has any of it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunExtras {
+    pub sender: Option<String>,
+    pub sender_type: Option<String>,
+    pub pull_request: Option<u64>,
 }
 
 const PARTS: usize = 7;
@@ -285,7 +310,19 @@ fn validate_inner(raw: &RawRun, default_repo: Option<&(String, String)>) -> Resu
         queued_seconds,
         started_ms,
         on_default_branch: on_default_branch(raw.repository.as_ref(), branch.as_deref()),
+        extras: extras(raw),
     })))
+}
+
+fn extras(raw: &RawRun) -> Option<Box<RunExtras>> {
+    let person =
+        [&raw.sender, &raw.triggering_actor, &raw.actor].into_iter().flatten().find(|person| person.login.is_some());
+    let extras = RunExtras {
+        sender: person.and_then(|person| person.login.clone()),
+        sender_type: person.and_then(|person| person.kind.clone()),
+        pull_request: raw.pull_request,
+    };
+    (extras != RunExtras::default()).then(|| Box::new(extras))
 }
 
 /// Whether `branch` is the default branch of `repository`, when both are known.

@@ -256,6 +256,25 @@ fn real_jobs_and_steps_match_github() {
 }
 
 #[test]
+fn tag_fields_on_request_from_a_real_payload() {
+    let dir = shared("github/examples");
+    let path = dir.join("webhook_octokit_completed_with_pull_requests.json");
+    let tags = |extra: &[&str]| {
+        let env = Env::new();
+        let intake = Intake::start();
+        env.send(&intake).arg(path.to_str().unwrap()).arg("--historical").args(extra).run().expect_code(0);
+        intake.stored().into_iter().find(|p| p.metric == TOTAL).expect("a total point").tags
+    };
+    let plain = tags(&[]);
+    assert!(plain.iter().all(|tag| !tag.starts_with("sender") && !tag.starts_with("pull_request")), "{plain:?}");
+    let asked = tags(&["--tag-fields", "sender,sender_type,pull_request_number"]);
+    for tag in ["sender:codertocat", "sender_type:user", "pull_request_number:2"] {
+        assert!(asked.contains(&tag.to_owned()), "{tag} missing from {asked:?}");
+    }
+    assert_eq!(asked.len(), plain.len() + 3);
+}
+
+#[test]
 fn gh_run_view_jobs_rows_are_the_same_jobs() {
     let dir = shared("github/examples");
     let path = dir.join("rest_jobs_pygithub_2023-01_5jobs_steps.json");

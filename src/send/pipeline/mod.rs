@@ -285,12 +285,17 @@ impl Pipeline<'_> {
             self.summary.records += 1;
             match record {
                 Validated::Completed(item) => {
-                    for item in self.requested(item) {
-                        if self.pending_keys.contains(item.key()) {
+                    let start = completed.len();
+                    self.requested(item, &mut completed);
+                    // Items read twice (in this invocation) go out once.
+                    let mut index = start;
+                    while index < completed.len() {
+                        if self.pending_keys.contains(completed[index].key()) {
+                            let item = completed.remove(index);
                             self.summary.duplicates += 1;
                             self.log.skip("duplicate", item.key(), None);
                         } else {
-                            completed.push(item);
+                            index += 1;
                         }
                     }
                 }
@@ -476,22 +481,21 @@ impl Pipeline<'_> {
 
     /// The items of a record that were asked for: a run; a job with `--jobs`, and its steps as
     /// items of their own with `--steps`. A job not asked for is counted and logged.
-    fn requested(&mut self, item: Item) -> Vec<Item> {
+    fn requested(&mut self, item: Item, into: &mut Vec<Item>) {
         match item {
             Item::Job(mut job) => {
                 if !self.config.jobs {
                     self.summary.not_requested += 1;
                     self.log.skip("not_requested", &job.key, Some("pass --jobs"));
-                    return Vec::new();
+                    return;
                 }
                 let steps = std::mem::take(&mut job.steps);
-                let mut items = vec![Item::Job(job)];
+                into.push(Item::Job(job));
                 if self.config.steps {
-                    items.extend(steps.into_iter().map(|step| Item::Step(Box::new(step))));
+                    into.extend(steps.into_iter().map(|step| Item::Step(Box::new(step))));
                 }
-                items
             }
-            item => vec![item],
+            item => into.push(item),
         }
     }
 

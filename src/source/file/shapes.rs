@@ -10,7 +10,7 @@ use crate::model::{RawJob, RawRun, RawStep, RepoRef, Scalar, ScalarVisitor};
 
 mod fields;
 
-use fields::{LabelsField, RepoField, StepsField, WorkflowField};
+use fields::{LabelsField, PersonField, PullRequestsField, RepoField, StepsField, WorkflowField};
 
 /// A top-level value or an array element: an object (classified), or an array of such values.
 pub(super) struct ValueSeed<'c, 'a, 'b, 'p> {
@@ -149,6 +149,10 @@ enum Key {
     Number,
     /// gh's `completedAt` (jobs and steps).
     CompletedAtCamel,
+    Actor,
+    TriggeringActor,
+    Sender,
+    PullRequests,
     OtherCamel,
     Other,
 }
@@ -182,6 +186,10 @@ impl<'de> de::Deserialize<'de> for Key {
                     "run_started_at" => Key::RunStartedAt,
                     "startedAt" => Key::StartedAt,
                     "completedAt" => Key::CompletedAtCamel,
+                    "actor" => Key::Actor,
+                    "triggering_actor" => Key::TriggeringActor,
+                    "sender" => Key::Sender,
+                    "pull_requests" => Key::PullRequests,
                     "updated_at" => Key::UpdatedAt,
                     "updatedAt" => Key::UpdatedAtCamel,
                     "url" => Key::Url,
@@ -269,6 +277,10 @@ impl ObjectSeed<'_, '_, '_, '_> {
                 Key::HtmlUrl => run.html_url = Some(map.next_value()?),
                 Key::Repository => run.repository = map.next_value::<RepoField>()?.0,
                 Key::Workflow => object.workflow_name = map.next_value::<WorkflowField>()?.0,
+                Key::Actor => run.actor = map.next_value::<PersonField>()?.0,
+                Key::TriggeringActor => run.triggering_actor = map.next_value::<PersonField>()?.0,
+                Key::Sender => run.sender = map.next_value::<PersonField>()?.0,
+                Key::PullRequests => run.pull_request = map.next_value::<PullRequestsField>()?.0,
                 Key::Event => match map.next_value_seed(EventSeed {
                     context: self.context,
                     position: Position::Field { parent: &self.position, name: "event" },
@@ -367,6 +379,10 @@ fn classify(object: Object, origin: &str) -> Option<Record> {
             inner.workflow_name = payload_workflow_name;
         }
         merge_repository(&mut inner.repository, outer_repository);
+        // The payload's sender is who triggered this run.
+        if inner.sender.is_none() {
+            inner.sender = run.sender.take();
+        }
         return Some(Record::Run(Box::new(inner)));
     }
     if had_workflow_runs {

@@ -32,7 +32,7 @@ macro_rules! absent_otherwise {
         }
     };
 }
-use crate::model::{RawStep, RepoRef, Scalar, ScalarVisitor};
+use crate::model::{Person, RawStep, RepoRef, Scalar, ScalarVisitor};
 
 /// `labels`: an array of strings; anything else reads as none.
 pub(super) struct LabelsField(pub(super) Option<Vec<String>>);
@@ -307,5 +307,131 @@ impl<'de> de::Deserialize<'de> for WorkflowField {
             }
         }
         deserializer.deserialize_any(V)
+    }
+}
+
+/// `actor`, `triggering_actor`, `sender`: an object with `login` and `type`; anything else
+/// counts as absent.
+pub(super) struct PersonField(pub(super) Option<Person>);
+
+impl<'de> de::Deserialize<'de> for PersonField {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<PersonField, D::Error> {
+        struct PersonVisitor;
+        impl<'de> Visitor<'de> for PersonVisitor {
+            type Value = PersonField;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a user")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PersonField, A::Error> {
+                let mut person = Person::default();
+                while let Some(key) = map.next_key::<SmallKey>()? {
+                    match key {
+                        SmallKey::Login => person.login = map.next_value::<Scalar>()?.into_string(),
+                        SmallKey::Type => person.kind = map.next_value::<Scalar>()?.into_string(),
+                        SmallKey::Number | SmallKey::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(PersonField(Some(person)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PersonField, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(PersonField(None))
+            }
+            absent_otherwise!(PersonField, PersonField(None));
+        }
+        deserializer.deserialize_any(PersonVisitor)
+    }
+}
+
+/// `pull_requests`: the `number` of the first element; anything else reads as none.
+pub(super) struct PullRequestsField(pub(super) Option<u64>);
+
+impl<'de> de::Deserialize<'de> for PullRequestsField {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<PullRequestsField, D::Error> {
+        struct PullRequestsVisitor;
+        impl<'de> Visitor<'de> for PullRequestsVisitor {
+            type Value = PullRequestsField;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of pull requests")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PullRequestsField, A::Error> {
+                let mut first = None;
+                while let Some(number) = seq.next_element::<PullRequestNumber>()? {
+                    first = first.or(number.0);
+                }
+                Ok(PullRequestsField(first))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PullRequestsField, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(PullRequestsField(None))
+            }
+            absent_otherwise!(PullRequestsField, PullRequestsField(None));
+        }
+        deserializer.deserialize_any(PullRequestsVisitor)
+    }
+}
+
+/// One element of `pull_requests`: its `number`, if it is an object that has one.
+struct PullRequestNumber(Option<u64>);
+
+impl<'de> de::Deserialize<'de> for PullRequestNumber {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<PullRequestNumber, D::Error> {
+        struct NumberVisitor;
+        impl<'de> Visitor<'de> for NumberVisitor {
+            type Value = PullRequestNumber;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a pull request")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PullRequestNumber, A::Error> {
+                let mut number = None;
+                while let Some(key) = map.next_key::<SmallKey>()? {
+                    if matches!(key, SmallKey::Number) {
+                        if let Scalar::UInt(value) = map.next_value::<Scalar>()? {
+                            number = Some(value);
+                        }
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(PullRequestNumber(number))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PullRequestNumber, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(PullRequestNumber(None))
+            }
+            absent_otherwise!(PullRequestNumber, PullRequestNumber(None));
+        }
+        deserializer.deserialize_any(NumberVisitor)
+    }
+}
+
+/// The keys the person and pull request readers take, read without allocating.
+enum SmallKey {
+    Login,
+    Type,
+    Number,
+    Other,
+}
+
+impl<'de> de::Deserialize<'de> for SmallKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<SmallKey, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = SmallKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<SmallKey, E> {
+                Ok(match key {
+                    "login" => SmallKey::Login,
+                    "type" => SmallKey::Type,
+                    "number" => SmallKey::Number,
+                    _ => SmallKey::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(KeyVisitor)
     }
 }
