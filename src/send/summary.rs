@@ -9,7 +9,10 @@ pub struct Summary {
     pub dry_run: bool,
     /// Records read from the inputs (runs and values that were not runs).
     pub records: u64,
-    /// Runs Datadog confirmed (live) ...
+    /// Jobs and steps among the items sent (or that a dry run would send).
+    pub jobs: u64,
+    pub steps: u64,
+    /// Items (runs, jobs, steps) Datadog confirmed (live) ...
     pub sent: u64,
     /// ... or that a live run would send (dry run).
     pub would_send: u64,
@@ -70,10 +73,15 @@ impl Summary {
     /// The closing line on stderr.
     pub fn line(&self) -> String {
         let mut parts = Vec::new();
-        if self.dry_run {
-            parts.push(format!("dry run: would send {} run(s) in {} request(s)", self.would_send, self.requests));
+        let (verb, count) = if self.dry_run { ("dry run: would send", self.would_send) } else { ("sent", self.sent) };
+        if self.jobs + self.steps == 0 {
+            parts.push(format!("{verb} {count} run(s) in {} request(s)", self.requests));
         } else {
-            parts.push(format!("sent {} run(s) in {} request(s)", self.sent, self.requests));
+            let runs = count.saturating_sub(self.jobs + self.steps);
+            parts.push(format!(
+                "{verb} {count} item(s) ({runs} run(s), {} job(s), {} step(s)) in {} request(s)",
+                self.jobs, self.steps, self.requests
+            ));
         }
         if self.retries > 0 {
             parts.push(format!("{} retries", self.retries));

@@ -378,7 +378,9 @@ fn with_jobs_each_new_run_goes_out_with_its_jobs_and_never_without() {
     pass(&env, &intake, &github, &["--jobs", "--max-attempts", "2"]).expect_code(1);
     assert!(!env.sent_keys().contains(&"octo-org/octo-repo:3:1".to_owned()), "a run went out without its jobs");
     github.fail_jobs(0);
-    assert_eq!(sent(pass(&env, &intake, &github, &["--jobs"]).expect_code(0)), 1 + 2);
+    let out = pass(&env, &intake, &github, &["--jobs"]);
+    assert_eq!(sent(out.expect_code(0)), 1 + 2);
+    assert!(out.stderr.contains("sent 3 item(s) (1 run(s), 2 job(s), 0 step(s))"), "{}", out.stderr);
 }
 
 #[test]

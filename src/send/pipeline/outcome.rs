@@ -13,7 +13,7 @@ use crate::datadog::{self, DatadogError};
 use crate::error::Halt;
 use crate::ledger::{LedgerError, SentItem, SkipReason, SkippedItem};
 use crate::metrics::{self, Planned};
-use crate::model::Quota;
+use crate::model::{Entity, Quota};
 use crate::retry;
 use crate::runlog::RequestLine;
 use crate::send::request::{Delivery, Failure};
@@ -107,6 +107,11 @@ impl Pipeline<'_> {
         for planned in &runs {
             self.pending_keys.remove(planned.item.key());
             self.checkpoints.settle(planned.chunk);
+            match planned.item.entity() {
+                Entity::WorkflowRun => {}
+                Entity::Job => self.summary.jobs += 1,
+                Entity::Step => self.summary.steps += 1,
+            }
         }
         self.save_cursors().await;
     }
