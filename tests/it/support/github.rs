@@ -334,6 +334,17 @@ fn admit(inner: &mut Inner, headers: &HeaderMap, uri: &axum::http::Uri) -> Resul
     Ok(limits)
 }
 
+/// The stand-in's state, locked, once [`admit`] let the request in.
+fn admitted<'s>(
+    inner: &'s Mutex<Inner>,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+) -> Result<(std::sync::MutexGuard<'s, Inner>, Limits), Box<Response>> {
+    let mut inner = inner.lock().unwrap();
+    let limits = admit(&mut inner, headers, uri)?;
+    Ok((inner, limits))
+}
+
 /// A page of results: `304` without quota when the client's `If-None-Match` holds, else `200`
 /// with its `ETag`, spending one request of the quota, and a `Link` to the next page if any.
 fn answer(inner: &mut Inner, limits: &Limits, headers: &HeaderMap, body: String, next: Option<String>) -> Response {
@@ -386,9 +397,8 @@ async fn list(
     headers: HeaderMap,
     uri: axum::http::Uri,
 ) -> Response {
-    let mut inner = inner.lock().unwrap();
-    let limits = match admit(&mut inner, &headers, &uri) {
-        Ok(limits) => limits,
+    let (mut inner, limits) = match admitted(&inner, &headers, &uri) {
+        Ok(admitted) => admitted,
         Err(response) => return *response,
     };
     let (per_page, page) = paging(&query);
@@ -429,9 +439,8 @@ async fn one_run(
     headers: HeaderMap,
     uri: axum::http::Uri,
 ) -> Response {
-    let mut inner = inner.lock().unwrap();
-    let limits = match admit(&mut inner, &headers, &uri) {
-        Ok(limits) => limits,
+    let (mut inner, limits) = match admitted(&inner, &headers, &uri) {
+        Ok(admitted) => admitted,
         Err(response) => return *response,
     };
     let full_name = format!("{owner}/{repo}");
@@ -451,9 +460,8 @@ async fn attempt_jobs(
     headers: HeaderMap,
     uri: axum::http::Uri,
 ) -> Response {
-    let mut inner = inner.lock().unwrap();
-    let limits = match admit(&mut inner, &headers, &uri) {
-        Ok(limits) => limits,
+    let (mut inner, limits) = match admitted(&inner, &headers, &uri) {
+        Ok(admitted) => admitted,
         Err(response) => return *response,
     };
     if inner.failing_jobs > 0 {
@@ -499,9 +507,8 @@ async fn repository(
     headers: HeaderMap,
     uri: axum::http::Uri,
 ) -> Response {
-    let mut inner = inner.lock().unwrap();
-    let limits = match admit(&mut inner, &headers, &uri) {
-        Ok(limits) => limits,
+    let (mut inner, limits) = match admitted(&inner, &headers, &uri) {
+        Ok(admitted) => admitted,
         Err(response) => return *response,
     };
     let body = json!({"id": 1, "name": repo, "full_name": format!("{owner}/{repo}"), "default_branch": "main",
@@ -517,9 +524,8 @@ async fn org_repos(
     headers: HeaderMap,
     uri: axum::http::Uri,
 ) -> Response {
-    let mut inner = inner.lock().unwrap();
-    let limits = match admit(&mut inner, &headers, &uri) {
-        Ok(limits) => limits,
+    let (mut inner, limits) = match admitted(&inner, &headers, &uri) {
+        Ok(admitted) => admitted,
         Err(response) => return *response,
     };
     let (per_page, page) = paging(&query);

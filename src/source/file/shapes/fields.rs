@@ -9,8 +9,9 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use super::Key;
 
 /// The visitor methods of a lenient field for the scalar JSON values it does not take: each
-/// reads as `$absent`.
-macro_rules! absent_otherwise {
+/// reads as `$absent`. `absent_otherwise!` takes strings as absent too; `absent_scalars!` leaves
+/// `visit_str` to the field.
+macro_rules! absent_scalars {
     ($value:ty, $absent:expr) => {
         fn visit_unit<E: de::Error>(self) -> Result<$value, E> {
             Ok($absent)
@@ -27,6 +28,12 @@ macro_rules! absent_otherwise {
         fn visit_f64<E: de::Error>(self, _: f64) -> Result<$value, E> {
             Ok($absent)
         }
+    };
+}
+
+macro_rules! absent_otherwise {
+    ($value:ty, $absent:expr) => {
+        absent_scalars!($value, $absent);
         fn visit_str<E: de::Error>(self, _: &str) -> Result<$value, E> {
             Ok($absent)
         }
@@ -162,21 +169,7 @@ impl<'de> de::Deserialize<'de> for RepoField {
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RepoField, A::Error> {
                 ScalarVisitor.visit_seq(seq).map(|_| RepoField(None))
             }
-            fn visit_unit<E: de::Error>(self) -> Result<RepoField, E> {
-                Ok(RepoField(None))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<RepoField, E> {
-                Ok(RepoField(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<RepoField, E> {
-                Ok(RepoField(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<RepoField, E> {
-                Ok(RepoField(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<RepoField, E> {
-                Ok(RepoField(None))
-            }
+            absent_scalars!(RepoField, RepoField(None));
         }
         deserializer.deserialize_any(RepoVisitor)
     }
@@ -237,23 +230,9 @@ impl<'de> de::Deserialize<'de> for OwnerField {
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<OwnerField, A::Error> {
                 ScalarVisitor.visit_seq(seq).map(|_| OwnerField(None))
             }
-            fn visit_unit<E: de::Error>(self) -> Result<OwnerField, E> {
-                Ok(OwnerField(None))
-            }
+            absent_scalars!(OwnerField, OwnerField(None));
             fn visit_str<E: de::Error>(self, value: &str) -> Result<OwnerField, E> {
                 Ok(OwnerField(Some(value.to_owned())))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<OwnerField, E> {
-                Ok(OwnerField(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<OwnerField, E> {
-                Ok(OwnerField(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<OwnerField, E> {
-                Ok(OwnerField(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<OwnerField, E> {
-                Ok(OwnerField(None))
             }
         }
         deserializer.deserialize_any(V)
@@ -285,24 +264,10 @@ impl<'de> de::Deserialize<'de> for WorkflowField {
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<WorkflowField, A::Error> {
                 ScalarVisitor.visit_seq(seq).map(|_| WorkflowField(None))
             }
-            fn visit_unit<E: de::Error>(self) -> Result<WorkflowField, E> {
-                Ok(WorkflowField(None))
-            }
+            absent_scalars!(WorkflowField, WorkflowField(None));
             // The github context's `workflow` is the workflow's name (or its path): not used,
             // since the event payload inside names the workflow properly.
             fn visit_str<E: de::Error>(self, _: &str) -> Result<WorkflowField, E> {
-                Ok(WorkflowField(None))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<WorkflowField, E> {
-                Ok(WorkflowField(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<WorkflowField, E> {
-                Ok(WorkflowField(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<WorkflowField, E> {
-                Ok(WorkflowField(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<WorkflowField, E> {
                 Ok(WorkflowField(None))
             }
         }
