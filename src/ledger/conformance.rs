@@ -33,7 +33,7 @@ async fn for_each_backend(check: impl AsyncFn(&mut dyn Ledger)) {
 }
 
 fn sent(key: &str, point_key: i64) -> SentItem<'_> {
-    SentItem { key, point_key, timestamp: 100, gauges: [None; 3] }
+    SentItem { key, point_key, timestamp: 100, gauges: [None; 3], tallies: [0; 2] }
 }
 
 fn skipped(key: &str) -> SkippedItem<'_> {
@@ -79,20 +79,26 @@ async fn marking_twice_keeps_one_row_per_key() {
 }
 
 #[tokio::test]
-async fn sent_points_keep_the_largest_gauges() {
+async fn sent_points_keep_the_largest_gauges_and_sum_the_tallies() {
     for_each_backend(async |ledger| {
-        let item = |key, gauges| SentItem { key, point_key: 4, timestamp: 100, gauges };
+        let item = |key, gauges, tallies| SentItem { key, point_key: 4, timestamp: 100, gauges, tallies };
         ledger
-            .mark_sent(&[item("a", [Some(10.0), None, None]), item("b", [Some(30.0), Some(2.5), None])], 0)
+            .mark_sent(
+                &[item("a", [Some(10.0), None, None], [1, 0]), item("b", [Some(30.0), Some(2.5), None], [1, 1])],
+                0,
+            )
             .await
             .unwrap();
-        ledger.mark_sent(&[item("c", [Some(20.0), Some(0.0), None]), item("d", [None; 3])], 0).await.unwrap();
+        ledger
+            .mark_sent(&[item("c", [Some(20.0), Some(0.0), None], [0, 0]), item("d", [None; 3], [0, 1])], 0)
+            .await
+            .unwrap();
         let points = ledger.sent_points(&[(100, 4), (101, 4)]).await.unwrap();
-        assert_eq!(points[&4], SentPoint { count: 4, gauges: [Some(30.0), Some(2.5), None] });
+        assert_eq!(points[&4], SentPoint { count: 4, gauges: [Some(30.0), Some(2.5), None], tallies: [2, 2] });
         // The same point key at another second is another point.
         ledger.unmark(&["b"]).await.unwrap();
         let points = ledger.sent_points(&[(100, 4)]).await.unwrap();
-        assert_eq!(points[&4], SentPoint { count: 3, gauges: [Some(20.0), Some(0.0), None] });
+        assert_eq!(points[&4], SentPoint { count: 3, gauges: [Some(20.0), Some(0.0), None], tallies: [1, 1] });
         assert!(ledger.sent_points(&[(101, 5)]).await.unwrap().is_empty());
     })
     .await;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::metrics::{Gauges, SentPoint};
+use crate::metrics::{Gauges, SentPoint, Tallies, MAX_GAUGES, MAX_TALLIES};
 
 #[cfg(test)]
 mod conformance;
@@ -54,6 +54,50 @@ pub struct SentItem<'a> {
     pub timestamp: i64,
     /// Its gauge values, so that a later item at the same point sends the largest.
     pub gauges: Gauges,
+    /// Its tallies, so that a later item at the same point sends their sums.
+    pub tallies: Tallies,
+}
+
+/// Bytes of an item's stored values: its gauges, then its tallies.
+pub const VALUES_BYTES: usize = 8 * MAX_GAUGES + 4 * MAX_TALLIES;
+
+/// An item's values as every backend stores them (one blob): `MAX_GAUGES` little-endian f64s,
+/// NaN where there is none, then, only when one is not zero, `MAX_TALLIES` little-endian u32s;
+/// `None` (NULL) when there is nothing at all. Encoded on the stack: this runs once per marked
+/// item. Blobs written before tallies existed (gauges only) read as tallies of zero.
+pub fn encode_values<'b>(gauges: &Gauges, tallies: &Tallies, out: &'b mut [u8; VALUES_BYTES]) -> Option<&'b [u8]> {
+    let any_tally = tallies.iter().any(|tally| *tally > 0);
+    if gauges.iter().all(Option::is_none) && !any_tally {
+        return None;
+    }
+    let (gauge_bytes, tally_bytes) = out.split_at_mut(8 * MAX_GAUGES);
+    for (slot, gauge) in gauge_bytes.chunks_exact_mut(8).zip(gauges) {
+        slot.copy_from_slice(&gauge.unwrap_or(f64::NAN).to_le_bytes());
+    }
+    if !any_tally {
+        return Some(&out[..8 * MAX_GAUGES]);
+    }
+    for (slot, tally) in tally_bytes.chunks_exact_mut(4).zip(tallies) {
+        slot.copy_from_slice(&tally.to_le_bytes());
+    }
+    Some(&out[..])
+}
+
+/// The inverse of [`encode_values`].
+pub fn decode_values(blob: Option<&[u8]>) -> (Gauges, Tallies) {
+    let mut gauges = [None; MAX_GAUGES];
+    let mut tallies = [0; MAX_TALLIES];
+    if let Some(blob) = blob {
+        let (gauge_bytes, tally_bytes) = blob.split_at(blob.len().min(8 * MAX_GAUGES));
+        for (slot, bytes) in gauges.iter_mut().zip(gauge_bytes.chunks_exact(8)) {
+            let value = f64::from_le_bytes(bytes.try_into().expect("chunks of 8 bytes"));
+            *slot = (!value.is_nan()).then_some(value);
+        }
+        for (slot, bytes) in tallies.iter_mut().zip(tally_bytes.chunks_exact(4)) {
+            *slot = u32::from_le_bytes(bytes.try_into().expect("chunks of 4 bytes"));
+        }
+    }
+    (gauges, tallies)
 }
 
 /// An item recorded as skipped: its key and completion time.
@@ -220,4 +264,22 @@ pub enum LedgerError {
     Missing { path: String },
     #[error("ledger at {path} is damaged: {detail}")]
     Damaged { path: String, detail: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_values_round_trip_and_old_blobs_read_as_no_tallies() {
+        let mut out = [0u8; VALUES_BYTES];
+        assert_eq!(encode_values(&[None; MAX_GAUGES], &[0; MAX_TALLIES], &mut out), None);
+        let gauges = [Some(1.5), None, Some(0.0)];
+        let blob = encode_values(&gauges, &[0; MAX_TALLIES], &mut out).unwrap().to_vec();
+        assert_eq!(blob.len(), 8 * MAX_GAUGES, "no tallies, no tally bytes: the blob of schema 5");
+        assert_eq!(decode_values(Some(&blob)), (gauges, [0; MAX_TALLIES]));
+        let blob = encode_values(&[None; MAX_GAUGES], &[0, 3], &mut out).unwrap().to_vec();
+        assert_eq!(decode_values(Some(&blob)), ([None; MAX_GAUGES], [0, 3]));
+        assert_eq!(decode_values(None), ([None; MAX_GAUGES], [0; MAX_TALLIES]));
+    }
 }

@@ -48,7 +48,7 @@ impl Ledger for Overlay {
         let mut sent = self.record.sent_points(points).await?;
         if let Some(base) = &mut self.base {
             for (point_key, point) in base.sent_points(points).await? {
-                sent.entry(point_key).or_default().add(point.count, &point.gauges);
+                sent.entry(point_key).or_default().add(point.count, &point.gauges, &point.tallies);
             }
         }
         Ok(sent)

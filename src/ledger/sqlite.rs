@@ -3,7 +3,9 @@
 //! Tables (schema version 5, tracked by `PRAGMA user_version`):
 //! - `sent_metrics`: one row per item key Datadog confirmed with a 2xx; `point_key` and
 //!   `completed_at` (the point's timestamp) let a later request sum its counts on top of items
-//!   already sent, and `gauges` keep the largest gauge values (see `metrics::SeriesSpec::series`);
+//!   already sent, and `gauges` keep its gauge values and tallies (`super::encode_values`) so
+//!   that the point is written with the largest gauges and summed tallies (see
+//!   `metrics::SeriesSpec::series`);
 //! - `skipped_runs`: items recorded apart from the sent ones, with a reason, so they are not
 //!   reconsidered on every invocation: `too_old` (outside Datadog's window) and `dead` (Datadog
 //!   answered 400 for that item alone; `detail` keeps the error, `ledger requeue` frees it);
@@ -28,8 +30,11 @@ use async_trait::async_trait;
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
-use super::{Counts, DeadLetter, KeyState, Ledger, LedgerError, SentItem, SkipReason, SkippedItem};
-use crate::metrics::{Gauges, SentPoint, MAX_GAUGES};
+use super::{
+    decode_values, encode_values, Counts, DeadLetter, KeyState, Ledger, LedgerError, SentItem, SkipReason, SkippedItem,
+    VALUES_BYTES,
+};
+use crate::metrics::SentPoint;
 
 /// Ordered migrations; entry N takes the schema from version N to N+1.
 const MIGRATIONS: &[&str] = &[
@@ -153,29 +158,6 @@ fn text_array<'k>(keys: impl Iterator<Item = &'k str>) -> Rc<Vec<Value>> {
     Rc::new(keys.map(|key| Value::Text(key.to_owned())).collect())
 }
 
-/// Gauges as stored: `MAX_GAUGES` little-endian f64s, NaN where there is none; NULL for none at
-/// all. Encoded on the stack: this runs once per marked item.
-fn encode_gauges<'b>(gauges: &Gauges, out: &'b mut [u8; 8 * MAX_GAUGES]) -> Option<&'b [u8]> {
-    if gauges.iter().all(Option::is_none) {
-        return None;
-    }
-    for (slot, gauge) in out.chunks_exact_mut(8).zip(gauges) {
-        slot.copy_from_slice(&gauge.unwrap_or(f64::NAN).to_le_bytes());
-    }
-    Some(&out[..])
-}
-
-fn decode_gauges(blob: Option<&[u8]>) -> Gauges {
-    let mut gauges = [None; MAX_GAUGES];
-    if let Some(blob) = blob {
-        for (slot, bytes) in gauges.iter_mut().zip(blob.chunks_exact(8)) {
-            let value = f64::from_le_bytes(bytes.try_into().expect("chunks of 8 bytes"));
-            *slot = (!value.is_nan()).then_some(value);
-        }
-    }
-    gauges
-}
-
 fn reason_text(state: KeyState) -> Option<&'static str> {
     match state {
         KeyState::SkippedTooOld => Some("too_old"),
@@ -232,7 +214,8 @@ impl Ledger for SqliteLedger {
                 let mut rows = statement.query([timestamp, point_key])?;
                 let mut point = SentPoint::default();
                 while let Some(row) = rows.next()? {
-                    point.add(1, &decode_gauges(row.get_ref(0)?.as_blob_or_null()?));
+                    let (gauges, tallies) = decode_values(row.get_ref(0)?.as_blob_or_null()?);
+                    point.add(1, &gauges, &tallies);
                 }
                 if point.count > 0 {
                     sent.insert(*point_key, point);
@@ -253,14 +236,14 @@ impl Ledger for SqliteLedger {
                     "INSERT INTO sent_metrics (run_key, point_key, completed_at, sent_at, gauges) VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT (run_key) DO NOTHING",
                 )?;
-                let mut blob = [0u8; 8 * MAX_GAUGES];
+                let mut blob = [0u8; VALUES_BYTES];
                 for item in items {
                     insert.execute(params![
                         item.key,
                         item.point_key,
                         item.timestamp,
                         now_ms,
-                        encode_gauges(&item.gauges, &mut blob)
+                        encode_values(&item.gauges, &item.tallies, &mut blob)
                     ])?;
                 }
                 // Sent now: no longer skipped. One statement for the whole request (none when there
@@ -496,7 +479,7 @@ mod tests {
     use crate::ledger::Overlay;
 
     fn sent(key: &str, point_key: i64) -> SentItem<'_> {
-        SentItem { key, point_key, timestamp: 100, gauges: [Some(1.5), None, None] }
+        SentItem { key, point_key, timestamp: 100, gauges: [Some(1.5), None, None], tallies: [0; 2] }
     }
 
     fn user_version(path: &Path) -> i64 {
@@ -588,7 +571,10 @@ mod tests {
         let mut ledger = SqliteLedger::open(&path, Duration::ZERO).unwrap();
         assert_eq!(ledger.states(&["old"]).await.unwrap(), [KeyState::Sent]);
         // Rows from before gauges were kept count, with no gauge known.
-        assert_eq!(ledger.sent_points(&[(2, 1)]).await.unwrap()[&1], SentPoint { count: 1, gauges: [None; 3] });
+        assert_eq!(
+            ledger.sent_points(&[(2, 1)]).await.unwrap()[&1],
+            SentPoint { count: 1, gauges: [None; 3], tallies: [0; 2] }
+        );
         ledger
             .record_skipped(&[SkippedItem { key: "d", completed_at: 1 }], SkipReason::Dead { detail: "x" }, 0)
             .await

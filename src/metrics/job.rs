@@ -6,6 +6,8 @@
 //! | `job.duration_second` | gauge | `completed_at - started_at` |
 //! | `job.queued_duration_second` | gauge | `started_at - created_at`, when known and not negative |
 //! | `job.start_time_from_workflow_start_second` | gauge | `started_at - run_started_at`, when the run is known |
+//! | `job.lost_communication_with_server_error_total` | count | failed jobs whose runner lost the server (fetch mode) |
+//! | `job.received_shutdown_signal_error_total` | count | failed jobs whose runner was shut down (fetch mode) |
 //! | `step.total`, `step.conclusion.<conclusion>_total` | count | steps completed at that second |
 //! | `step.duration_second` | gauge | `completed_at - started_at` |
 //! | `step.start_time_from_workflow_start_second` | gauge | `started_at - run_started_at`, when the run is known |
@@ -15,7 +17,7 @@
 //! labels, sorted, joined with `,`), `runner_group`; steps add `step_name` and carry their own
 //! `conclusion`. No job, run or step ids: a series per job costs money and charts nothing.
 
-use super::{tags::tag, Family, GaugeMetric, Gauges};
+use super::{tags::tag, Family, GaugeMetric, Gauges, Tallies};
 use crate::model::{Entity, Job, JobContext, Step};
 
 pub(super) static JOB: Family = Family {
@@ -25,6 +27,7 @@ pub(super) static JOB: Family = Family {
         GaugeMetric { name: "queued_duration_second", unit: "second" },
         GaugeMetric { name: "start_time_from_workflow_start_second", unit: "second" },
     ],
+    tallies: &["lost_communication_with_server_error_total", "received_shutdown_signal_error_total"],
 };
 
 pub(super) static STEP: Family = Family {
@@ -33,10 +36,16 @@ pub(super) static STEP: Family = Family {
         GaugeMetric { name: "duration_second", unit: "second" },
         GaugeMetric { name: "start_time_from_workflow_start_second", unit: "second" },
     ],
+    tallies: &[],
 };
 
 pub(super) fn job_gauges(job: &Job) -> Gauges {
     [job.duration_seconds, job.queued_seconds, job.start_from_workflow_seconds]
+}
+
+/// In the order of `JOB.tallies`.
+pub(super) fn job_tallies(job: &Job) -> Tallies {
+    [u32::from(job.runner_errors.lost_communication), u32::from(job.runner_errors.shutdown_signal)]
 }
 
 pub(super) fn step_gauges(step: &Step) -> Gauges {

@@ -62,13 +62,17 @@ pub struct TagFields {
 }
 
 /// The metrics of one entity: every family has two counts, `<prefix>.<entity>.total` and
-/// `<prefix>.<entity>.conclusion.<conclusion>_total`, and the gauges of its table, in order.
+/// `<prefix>.<entity>.conclusion.<conclusion>_total`, the gauges of its table, in order, and
+/// its tallies: counts of the items that have some trait (a job's runner errors), sent only
+/// where one is not zero.
 #[derive(Debug)]
 pub struct Family {
     pub entity: Entity,
     /// The order is stored in ledgers (the largest value sent per point, per gauge): never
     /// reorder, only append.
     pub gauges: &'static [GaugeMetric],
+    /// `<prefix>.<entity>.<name>`, counts. Stored in ledgers in this order, as gauges are.
+    pub tallies: &'static [&'static str],
 }
 
 /// One gauge of a family: `<prefix>.<entity>.<name>`.
@@ -86,6 +90,12 @@ pub const MAX_GAUGES: usize = 3;
 
 /// An item's gauge values, in its family's order; `None` where it has none.
 pub type Gauges = [Option<f64>; MAX_GAUGES];
+
+/// Tallies a family has at most.
+pub const MAX_TALLIES: usize = 2;
+
+/// An item's tallies (0 or 1 each), or their sums over the items of a point.
+pub type Tallies = [u32; MAX_TALLIES];
 
 /// The family of an entity.
 pub fn family(entity: Entity) -> &'static Family {
@@ -110,14 +120,18 @@ impl Family {
 pub struct SentPoint {
     pub count: u32,
     pub gauges: Gauges,
+    pub tallies: Tallies,
 }
 
 impl SentPoint {
-    /// Adds one item's contribution.
-    pub fn add(&mut self, count: u32, gauges: &Gauges) {
+    /// Adds the contribution of `count` items: their gauges' maxima and their tallies' sums.
+    pub fn add(&mut self, count: u32, gauges: &Gauges, tallies: &Tallies) {
         self.count += count;
         for (slot, value) in self.gauges.iter_mut().zip(gauges) {
             *slot = max_option(*slot, *value);
+        }
+        for (slot, value) in self.tallies.iter_mut().zip(tallies) {
+            *slot += value;
         }
     }
 }
@@ -178,6 +192,7 @@ pub struct Planned {
     /// Identity of the item's points (prefix, tags, timestamp): items sharing it are summed.
     pub point_key: i64,
     pub gauges: Gauges,
+    pub tallies: Tallies,
     /// The pipeline's chunk the item came in (it holds a source's checkpoint until all its
     /// items are settled); 0 outside a pipeline.
     pub chunk: u64,
@@ -185,12 +200,12 @@ pub struct Planned {
 
 impl Planned {
     fn new(item: Item, timestamp: i64, tags: Arc<[String]>, hash: TagSetHash) -> Planned {
-        let gauges = match &item {
-            Item::Run(run) => run::gauges(run),
-            Item::Job(job) => job::job_gauges(job),
-            Item::Step(step) => job::step_gauges(step),
+        let (gauges, tallies) = match &item {
+            Item::Run(run) => (run::gauges(run), Tallies::default()),
+            Item::Job(job) => (job::job_gauges(job), job::job_tallies(job)),
+            Item::Step(step) => (job::step_gauges(step), Tallies::default()),
         };
-        Planned { item, timestamp, tags, tag_hash: hash.0, point_key: hash.at(timestamp), gauges, chunk: 0 }
+        Planned { item, timestamp, tags, tag_hash: hash.0, point_key: hash.at(timestamp), gauges, tallies, chunk: 0 }
     }
 }
 
@@ -247,10 +262,10 @@ impl SeriesSpec {
             });
             let group = &mut groups[slot];
             match group.points.iter_mut().find(|point| point.timestamp == planned.timestamp) {
-                Some(point) => point.sum.add(1, &planned.gauges),
+                Some(point) => point.sum.add(1, &planned.gauges, &planned.tallies),
                 None => {
                     let mut sum = before(planned.point_key);
-                    sum.add(1, &planned.gauges);
+                    sum.add(1, &planned.gauges, &planned.tallies);
                     group.points.push(Point { timestamp: planned.timestamp, sum });
                 }
             }
@@ -301,6 +316,23 @@ impl SeriesSpec {
                     });
                 }
             }
+            for slot in 0..group.family.tallies.len() {
+                let points: Vec<(i64, f64)> = group
+                    .points
+                    .iter()
+                    .filter(|point| point.sum.tallies[slot] > 0)
+                    .map(|point| (point.timestamp, f64::from(point.sum.tallies[slot])))
+                    .collect();
+                if !points.is_empty() {
+                    series.push(Series {
+                        metric: names.tallies[slot].clone(),
+                        kind: MetricKind::Count,
+                        unit: None,
+                        tags: tags.clone(),
+                        points,
+                    });
+                }
+            }
         }
         series
     }
@@ -310,6 +342,7 @@ impl SeriesSpec {
 struct Names {
     total: Arc<str>,
     gauges: Vec<Arc<str>>,
+    tallies: Vec<Arc<str>>,
     by_conclusion: foldhash::HashMap<String, Arc<str>>,
 }
 
@@ -319,6 +352,7 @@ impl Names {
         Names {
             total: format!("{prefix}.{entity}.{TOTAL}").into(),
             gauges: family.gauges.iter().map(|gauge| format!("{prefix}.{entity}.{}", gauge.name).into()).collect(),
+            tallies: family.tallies.iter().map(|name| format!("{prefix}.{entity}.{name}").into()).collect(),
             by_conclusion: foldhash::HashMap::default(),
         }
     }
@@ -508,7 +542,7 @@ mod tests {
         assert_eq!(first.point_key, second.point_key);
         assert_ne!(first.point_key, other_time.point_key);
         let key = first.point_key;
-        let sent = SentPoint { count: 5, gauges: [Some(1.0), None, None] };
+        let sent = SentPoint { count: 5, gauges: [Some(1.0), None, None], tallies: [0; 2] };
         let series = spec.series(&[first, second, other_time], &|point_key| {
             if point_key == key {
                 sent
@@ -526,7 +560,7 @@ mod tests {
         // largest duration was 500 s and largest queue time 10 s.
         let run = planned(&spec, &completed());
         let key = run.point_key;
-        let earlier = SentPoint { count: 2, gauges: [Some(500.0), Some(10.0), None] };
+        let earlier = SentPoint { count: 2, gauges: [Some(500.0), Some(10.0), None], tallies: [0; 2] };
         let series = spec.series(std::slice::from_ref(&run), &|point_key| {
             assert_eq!(point_key, key);
             earlier
@@ -547,6 +581,43 @@ mod tests {
         assert_eq!(longer.point_key, key);
         let series = spec.series(&[run, longer], &nothing_sent);
         assert_eq!(series[2].points, [(1714557900, 290.0)]);
+    }
+
+    #[test]
+    fn runner_errors_are_counted_where_there_are_some_summed_on_top_of_what_was_sent() {
+        use crate::model::job_testing::{job, raw};
+        use crate::model::RunnerErrors;
+        let spec = SeriesSpec { prefix: "p".into(), extra_tags: vec![], fields: TagFields::default() };
+        let plan = |id: u64, errors: RunnerErrors| {
+            let mut raw = raw();
+            raw.id = Some(Scalar::UInt(id));
+            raw.conclusion = Some(s("failure"));
+            let mut job = job(&raw);
+            job.runner_errors = errors;
+            let timestamp = job.completed_at;
+            spec.plan(Item::Job(Box::new(job)), timestamp)
+        };
+        let lost = RunnerErrors { lost_communication: true, shutdown_signal: false };
+        // Two colliding failed jobs, one that lost its runner; an earlier request had sent one
+        // more such job to that point.
+        let (a, b) = (plan(1, lost), plan(2, RunnerErrors::default()));
+        assert_eq!(a.point_key, b.point_key);
+        let earlier = SentPoint { count: 1, gauges: [None; 3], tallies: [1, 0] };
+        let series = spec.series(&[a, b], &|_| earlier);
+        let counts: Vec<_> =
+            series.iter().filter(|s| s.kind == MetricKind::Count).map(|s| (&*s.metric, s.points[0].1)).collect();
+        assert_eq!(
+            counts,
+            [
+                ("p.job.total", 3.0),
+                ("p.job.conclusion.failure_total", 3.0),
+                ("p.job.lost_communication_with_server_error_total", 2.0),
+            ],
+            "no shutdown series where no job had one"
+        );
+        // Without any runner error, no runner error series at all.
+        let series = spec.series(&[plan(3, RunnerErrors::default())], &nothing_sent);
+        assert!(series.iter().all(|s| !s.metric.ends_with("error_total")), "{series:?}");
     }
 
     #[test]

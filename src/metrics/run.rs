@@ -16,6 +16,7 @@ pub(super) static FAMILY: Family = Family {
         GaugeMetric { name: "duration_second", unit: "second" },
         GaugeMetric { name: "queued_duration_second", unit: "second" },
     ],
+    tallies: &[],
 };
 
 pub(super) fn gauges(run: &Run) -> Gauges {

@@ -89,6 +89,31 @@ pub struct Job {
     pub started_ms: Option<i64>,
     /// Its completed steps, handed out as items of their own with `--steps`.
     pub steps: Vec<Step>,
+    /// Runner failures its check run's annotations tell (fetch mode, failed jobs only).
+    pub runner_errors: RunnerErrors,
+}
+
+/// Failures of the runner rather than of the job's own work, as GitHub reports them in the
+/// annotations of a failed job's check run (int128's two runner error counts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunnerErrors {
+    /// "The self-hosted runner: … lost communication with the server."
+    pub lost_communication: bool,
+    /// "The runner has received a shutdown signal."
+    pub shutdown_signal: bool,
+}
+
+impl RunnerErrors {
+    /// What a set of annotation messages tells (case is ignored; the wording is GitHub's).
+    pub fn from_messages<'m>(messages: impl IntoIterator<Item = &'m str>) -> RunnerErrors {
+        let mut errors = RunnerErrors::default();
+        for message in messages {
+            let message = message.to_lowercase();
+            errors.lost_communication |= message.contains("lost communication with the server");
+            errors.shutdown_signal |= message.contains("received a shutdown signal");
+        }
+        errors
+    }
 }
 
 impl Job {
@@ -188,6 +213,7 @@ fn validate_inner(raw: &RawJob) -> Result<Validated, Problem> {
         start_from_workflow_seconds: None,
         started_ms,
         steps,
+        runner_errors: RunnerErrors::default(),
     }))))
 }
 
@@ -240,15 +266,16 @@ fn repository(raw: &RawJob) -> Result<(String, String), Problem> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
+    //! A raw job for the unit tests of this module and of `metrics`.
     use super::*;
 
-    fn s(text: &str) -> Option<Scalar> {
+    pub(crate) fn s(text: &str) -> Option<Scalar> {
         Some(Scalar::Str(text.into()))
     }
 
     /// A job as GitHub's own example has it: no `created_at`, step times with offsets.
-    fn raw() -> RawJob {
+    pub(crate) fn raw() -> RawJob {
         RawJob {
             origin: "test".into(),
             id: Some(Scalar::UInt(399_444_496)),
@@ -279,12 +306,19 @@ mod tests {
         }
     }
 
-    fn job(raw: &RawJob) -> Job {
+    /// The completed job `raw` validates into.
+    pub(crate) fn job(raw: &RawJob) -> Job {
         match validate_job(raw) {
             Validated::Completed(Item::Job(job)) => *job,
             other => panic!("not a completed job: {other:?}"),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{job, raw, s};
+    use super::*;
 
     #[test]
     fn a_job_without_created_at_has_no_queue_time_and_its_labels_are_sorted() {
@@ -304,6 +338,20 @@ mod tests {
                 ("octo-org/octo-repo:job:399444496:step:2", 1_579_542_279, None),
             ]
         );
+    }
+
+    #[test]
+    fn runner_errors_are_read_from_githubs_annotation_wording() {
+        let errors = RunnerErrors::from_messages([
+            "Process completed with exit code 1.",
+            "The self-hosted runner: runner-7 lost communication with the server. Verify the machine is running and has a healthy network connection.",
+        ]);
+        assert_eq!(errors, RunnerErrors { lost_communication: true, shutdown_signal: false });
+        let hosted = "The hosted runner: GitHub Actions 9 lost communication with the server. Anything in your workflow that terminates the runner process, starves it for CPU/Memory, or blocks its network access can cause this error.";
+        assert!(RunnerErrors::from_messages([hosted]).lost_communication);
+        let errors = RunnerErrors::from_messages(["The runner has received a shutdown signal. This can happen when the runner service is stopped, or a manually started runner is canceled."]);
+        assert_eq!(errors, RunnerErrors { lost_communication: false, shutdown_signal: true });
+        assert_eq!(RunnerErrors::from_messages(["Process completed with exit code 137."]), RunnerErrors::default());
     }
 
     #[test]

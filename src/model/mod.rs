@@ -11,9 +11,11 @@ mod run;
 mod scalar;
 
 #[cfg(test)]
+pub(crate) use job::testing as job_testing;
+#[cfg(test)]
 pub(crate) use run::testing;
 
-pub use job::{validate_job, Job, JobContext, RawJob, RawStep, Step};
+pub use job::{validate_job, Job, JobContext, RawJob, RawStep, RunnerErrors, Step};
 pub use run::{run_key, split_full_name, validate_run, Person, RawRun, RepoRef, Run, RunExtras, GH_JSON_FIELDS};
 pub use scalar::Scalar;
 pub(crate) use scalar::ScalarVisitor;

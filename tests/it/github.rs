@@ -408,6 +408,63 @@ fn with_jobs_a_job_goes_out_when_it_completes_while_its_run_goes_on() {
     assert_eq!(env.sent_keys(), ["octo-org/octo-repo:7:1", "octo-org/octo-repo:job:710", "octo-org/octo-repo:job:711"]);
 }
 
+const LOST: &str = "The self-hosted runner: runner-7 lost communication with the server. Verify the machine is running and has a healthy network connection. Anything in your workflow that terminates the runner process, starves it for CPU/Memory, or blocks its network access can cause this error.";
+const SHUTDOWN: &str = "The runner has received a shutdown signal. This can happen when the runner service is stopped, or a manually started runner is canceled.";
+
+#[test]
+fn runner_errors_are_read_from_failed_jobs_annotations_once_per_failed_job() {
+    let now = fixtures::now();
+    let env = Env::new();
+    let intake = Intake::start();
+    let github = GithubStandIn::start();
+    let annotations_asked =
+        |github: &GithubStandIn| github.urls().iter().filter(|url| url.contains("/annotations")).count();
+    // Run 1: `build` lost its runner; run 2: `build` failed on its own. Successful jobs cost
+    // no annotation request.
+    github.add([GhRun::completed(REPO, 1, now - 1500), GhRun::completed(REPO, 2, now - 1400)]);
+    github.fail_job(110, &["Process completed with exit code 1.", LOST]);
+    github.fail_job(210, &["Process completed with exit code 1."]);
+    assert_eq!(sent(pass(&env, &intake, &github, &["--jobs"]).expect_code(0)), 2 + 4);
+    assert_eq!(annotations_asked(&github), 2, "{:?}", github.urls());
+    assert_eq!(intake.total("github.actions.job.lost_communication_with_server_error_total"), 1.0);
+    assert_eq!(intake.total("github.actions.job.conclusion.failure_total"), 2.0);
+    let lost: Vec<Vec<String>> = intake
+        .stored()
+        .into_iter()
+        .filter(|p| p.metric == "github.actions.job.lost_communication_with_server_error_total")
+        .map(|p| p.tags)
+        .collect();
+    assert!(lost.len() == 1 && lost[0].contains(&"job_name:build".to_owned()), "{lost:?}");
+    assert_eq!(intake.total("github.actions.job.received_shutdown_signal_error_total"), 0.0);
+
+    // A run under way whose `build` was shut down: asked once while the run goes on, not again
+    // when the run completes.
+    github.add([GhRun::in_progress(REPO, 7, now - 1300)]);
+    github.fail_job(710, &[SHUTDOWN]);
+    assert_eq!(sent(pass(&env, &intake, &github, &["--jobs"]).expect_code(0)), 0);
+    assert_eq!(sent(pass(&env, &intake, &github, &["--jobs"]).expect_code(0)), 1, "build, before its run ends");
+    assert_eq!(intake.total("github.actions.job.received_shutdown_signal_error_total"), 1.0);
+    let asked = annotations_asked(&github);
+    github.update(7, |run| {
+        run.status = "completed";
+        run.conclusion = Some("failure");
+        run.updated = now - 60;
+    });
+    assert_eq!(sent(pass(&env, &intake, &github, &["--jobs"]).expect_code(0)), 2, "the run and test");
+    assert_eq!(annotations_asked(&github), asked, "build's annotations were asked already");
+    assert_eq!(intake.total("github.actions.job.received_shutdown_signal_error_total"), 1.0);
+
+    // A token without `checks: read`: the failed job goes out without runner error counts, and
+    // the user is told why.
+    github.add([GhRun::completed(REPO, 3, now - 1200)]);
+    github.fail_job(310, &[LOST]);
+    github.refuse_annotations();
+    let out = pass(&env, &intake, &github, &["--jobs"]);
+    assert_eq!(sent(out.expect_code(0)), 1 + 2);
+    assert!(out.stderr.contains("checks: read"), "{}", out.stderr);
+    assert_eq!(intake.total("github.actions.job.lost_communication_with_server_error_total"), 1.0);
+}
+
 #[test]
 fn a_missing_or_rejected_token_stops_before_anything_is_sent() {
     let env = Env::new();

@@ -175,6 +175,7 @@ impl Pipeline<'_> {
                 point_key: planned.point_key,
                 timestamp: planned.timestamp,
                 gauges: planned.gauges,
+                tallies: planned.tallies,
             })
             .collect();
         self.ledger.mark_sent(&sent, now_ms).await

@@ -103,6 +103,10 @@ struct Watched {
     /// measured from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     started_ms: Option<i64>,
+    /// Failed jobs of that run whose annotations were asked (they went out, runner errors and
+    /// all): not asked again when the run completes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    annotated: Vec<u64>,
 }
 
 fn first_attempt() -> u32 {
@@ -382,7 +386,14 @@ mod tests {
         let cursor = Cursor {
             low: 1_700_000_000,
             etag: Some("W/\"abc\"".into()),
-            watch: vec![Watched { id: 7, etag: None, attempt: 1, jobs_etag: None, started_ms: None }],
+            watch: vec![Watched {
+                id: 7,
+                etag: None,
+                attempt: 1,
+                jobs_etag: None,
+                started_ms: None,
+                annotated: vec![],
+            }],
             ..Cursor::default()
         };
         let text = serde_json::to_string(&cursor).unwrap();

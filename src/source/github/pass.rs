@@ -42,6 +42,13 @@ pub(super) struct Pass<'a> {
     with_jobs: Vec<(u64, u32, i64)>,
     /// The repository as the cursor or this pass knows it.
     repository: Option<RepositoryInfo>,
+    /// (run id, job id) of failed jobs of watched runs whose annotations were asked: the
+    /// cursor's, and this pass's. Those jobs went out; asking again would spend quota for a job
+    /// the ledger already holds.
+    annotated: Vec<(u64, u64)>,
+    /// GitHub refused the annotations (403/404: the token lacks `checks: read`): not asked
+    /// again this pass.
+    annotations_refused: bool,
 }
 
 impl<'a> Pass<'a> {
@@ -53,7 +60,18 @@ impl<'a> Pass<'a> {
         scope: &'a str,
         shutdown: &'a mut watch::Receiver<Option<i32>>,
     ) -> Pass<'a> {
-        Pass { source, runtime, owner, name, scope, shutdown, with_jobs: Vec::new(), repository: None }
+        Pass {
+            source,
+            runtime,
+            owner,
+            name,
+            scope,
+            shutdown,
+            with_jobs: Vec::new(),
+            repository: None,
+            annotated: Vec::new(),
+            annotations_refused: false,
+        }
     }
 
     pub(super) fn run(mut self, emit: &mut dyn FnMut(SourceEvent) -> Result<(), Stop>) -> Result<(), Ended> {
@@ -67,6 +85,8 @@ impl<'a> Pass<'a> {
         let mut next = cursor.clone();
         self.with_jobs = cursor.with_jobs.clone();
         self.repository = cursor.repository.clone();
+        self.annotated =
+            cursor.watch.iter().flat_map(|watched| watched.annotated.iter().map(|job| (watched.id, *job))).collect();
         // New runs: everything created since the cursor.
         let mut seen = Seen::default();
         let head = self.list(cursor.low, None, cursor.etag.as_deref(), now, &mut seen, emit)?;
@@ -105,6 +125,8 @@ impl<'a> Pass<'a> {
             // jobs would otherwise be older than Datadog's window when the run ends.
             if let Some(watched) = still.as_mut().filter(|_| self.source.jobs) {
                 watched.jobs_etag = self.running_jobs(watched, emit)?;
+                watched.annotated =
+                    self.annotated.iter().filter(|(run, _)| *run == watched.id).map(|(_, job)| *job).collect();
             }
             next.watch.extend(still);
         }
@@ -132,7 +154,14 @@ impl<'a> Pass<'a> {
         // the next pass on.
         for (id, attempt, started_ms) in seen.unfinished {
             if !next.watch.iter().any(|watched| watched.id == id) {
-                next.watch.push(Watched { id, etag: None, attempt, jobs_etag: None, started_ms });
+                next.watch.push(Watched {
+                    id,
+                    etag: None,
+                    attempt,
+                    jobs_etag: None,
+                    started_ms,
+                    annotated: Vec::new(),
+                });
             }
         }
         if next != cursor {
@@ -312,6 +341,7 @@ impl<'a> Pass<'a> {
             attempt,
             jobs_etag: watched.jobs_etag.clone().filter(|_| attempt == watched.attempt),
             started_ms,
+            annotated: watched.annotated.clone(),
         }))
     }
 
@@ -421,9 +451,71 @@ impl<'a> Pass<'a> {
                     retry_after: None,
                 }));
             }
-            let Some(next) = page.next.take() else { return Ok(jobs) };
+            let Some(next) = page.next.take() else { break };
             page = self.fetch(&next, None, emit)?;
         }
+        for job in &mut jobs {
+            if let Validated::Completed(Item::Job(job)) = job {
+                self.annotate(run_id, job, emit)?;
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// Reads a failed job's runner errors from its check run's annotations (the job id is the
+    /// check run id): one request per failed job, never for one asked before. When GitHub
+    /// cannot answer, the run waits for the next pass (`Err`); when it refuses (403/404: the
+    /// token lacks `checks: read`), the job goes out without runner error counts, with a warning.
+    fn annotate(
+        &mut self,
+        run_id: u64,
+        job: &mut crate::model::Job,
+        emit: &mut dyn FnMut(SourceEvent) -> Result<(), Stop>,
+    ) -> Result<(), Ended> {
+        if job.conclusion != "failure" || self.annotations_refused || self.annotated.contains(&(run_id, job.job_id)) {
+            return Ok(());
+        }
+        #[derive(Deserialize)]
+        struct Annotation {
+            #[serde(default)]
+            message: Option<String>,
+        }
+        let mut url = self
+            .source
+            .client
+            .url(&format!("repos/{}/{}/check-runs/{}/annotations?per_page=100", self.owner, self.name, job.job_id));
+        let mut messages = Vec::new();
+        loop {
+            let mut page = match self.fetch(&url, None, emit) {
+                Ok(page) => page,
+                Err(Ended::Failed(GithubError::Status { status: 403 | 404, url, .. })) => {
+                    tracing::warn!(
+                        repository = %self.scope,
+                        url = %url,
+                        "GitHub refused the check run annotations (the token needs `checks: read`): failed jobs go out without runner error counts this pass"
+                    );
+                    self.annotations_refused = true;
+                    return Ok(());
+                }
+                Err(ended) => return Err(ended),
+            };
+            let annotations: Vec<Annotation> = serde_json::from_slice(&page.body).map_err(|error| {
+                Ended::Failed(GithubError::Status {
+                    url: url.clone(),
+                    status: page.status,
+                    body: format!("not a list of annotations: {error}"),
+                    retry_after: None,
+                })
+            })?;
+            messages.extend(annotations.into_iter().filter_map(|annotation| annotation.message));
+            match page.next.take() {
+                Some(next) => url = next,
+                None => break,
+            }
+        }
+        job.runner_errors = crate::model::RunnerErrors::from_messages(messages.iter().map(String::as_str));
+        self.annotated.push((run_id, job.job_id));
+        Ok(())
     }
 }
 

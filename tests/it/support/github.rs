@@ -88,6 +88,10 @@ struct Inner {
     failing: u32,
     /// The next requests for jobs answered 502.
     failing_jobs: u32,
+    /// Jobs (by id) that failed, with the messages of their check run's annotations.
+    failed_jobs: HashMap<u64, Vec<String>>,
+    /// Answer 403 to annotations (a token without `checks: read`).
+    refuse_annotations: bool,
 }
 
 /// The stand-in's GitHub App: its id, public key, installation, and how long a token lives.
@@ -118,6 +122,7 @@ impl GithubStandIn {
             .route("/repos/{owner}/{repo}/actions/runs", get(list))
             .route("/repos/{owner}/{repo}/actions/runs/{id}", get(one_run))
             .route("/repos/{owner}/{repo}/actions/runs/{id}/attempts/{attempt}/jobs", get(attempt_jobs))
+            .route("/repos/{owner}/{repo}/check-runs/{id}/annotations", get(annotations))
             .route("/orgs/{org}/repos", get(org_repos))
             .route("/orgs/{org}/installation", get(installation))
             .route("/repos/{owner}/{repo}/installation", get(installation))
@@ -152,6 +157,18 @@ impl GithubStandIn {
     /// Answers the next `count` requests for jobs with 502 Bad Gateway.
     pub fn fail_jobs(&self, count: u32) {
         self.inner.lock().unwrap().failing_jobs = count;
+    }
+
+    /// The job with this id (run id x 100 + attempt x 10 + its index: `build` 0, `test` 1) fails,
+    /// its check run annotated with these messages.
+    pub fn fail_job(&self, job_id: u64, messages: &[&str]) {
+        let messages = messages.iter().map(|message| (*message).to_owned()).collect();
+        self.inner.lock().unwrap().failed_jobs.insert(job_id, messages);
+    }
+
+    /// Annotations answer 403, as for a token without `checks: read`.
+    pub fn refuse_annotations(&self) {
+        self.inner.lock().unwrap().refuse_annotations = true;
     }
 
     /// Answers the next `count` requests with 502 Bad Gateway.
@@ -483,20 +500,57 @@ async fn attempt_jobs(
             let mut job = inner.job_template.clone();
             let done = run.status == "completed" || index == 0;
             let started = run.started + 2 * index as i64;
-            job["id"] = json!(run.id * 100 + u64::from(run.attempt) * 10 + index as u64);
+            let id = run.id * 100 + u64::from(run.attempt) * 10 + index as u64;
+            let failed = inner.failed_jobs.contains_key(&id);
+            job["id"] = json!(id);
             job["run_id"] = json!(run.id);
             job["run_attempt"] = json!(run.attempt);
             job["name"] = json!(name);
             job["created_at"] = json!(iso(run.started - 1));
             job["started_at"] = json!(iso(started));
             job["status"] = json!(if done { "completed" } else { "in_progress" });
-            job["conclusion"] = if done { json!("success") } else { Value::Null };
+            job["conclusion"] = match (done, failed) {
+                (false, _) => Value::Null,
+                (true, false) => json!("success"),
+                (true, true) => json!("failure"),
+            };
             job["completed_at"] = if done { json!(iso(started + 60)) } else { Value::Null };
             job["run_url"] = json!(format!("https://api.github.com/repos/{}/actions/runs/{}", run.repo, run.id));
             job
         })
         .collect();
     let body = json!({"total_count": jobs.len(), "jobs": jobs}).to_string();
+    answer(&mut inner, &limits, &headers, body, None)
+}
+
+/// `GET /repos/{o}/{r}/check-runs/{id}/annotations`: a failed job's annotations, shaped as
+/// GitHub's documented example of a check annotation; none for other jobs.
+async fn annotations(
+    State((inner, _)): State<StandInState>,
+    Path((_owner, _repo, id)): Path<(String, String, u64)>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let (mut inner, limits) = match admitted(&inner, &headers, &uri) {
+        Ok(admitted) => admitted,
+        Err(response) => return *response,
+    };
+    if inner.refuse_annotations {
+        let message = json!({"message": "Resource not accessible by integration"});
+        return (StatusCode::FORBIDDEN, limits.headers(limits.quota - inner.spent), message.to_string())
+            .into_response();
+    }
+    let annotations: Vec<Value> = inner
+        .failed_jobs
+        .get(&id)
+        .into_iter()
+        .flatten()
+        .map(|message| {
+            json!({"path": ".github", "blob_href": null, "start_line": 1, "start_column": null, "end_line": 1,
+                "end_column": null, "annotation_level": "failure", "title": "", "message": message, "raw_details": null})
+        })
+        .collect();
+    let body = Value::Array(annotations).to_string();
     answer(&mut inner, &limits, &headers, body, None)
 }
 
