@@ -174,6 +174,12 @@ pub struct SendArgs {
     #[arg(long)]
     pub steps: bool,
 
+    /// Also send the duration gauges as Datadog distributions (`<metric>.distribution`, through
+    /// POST /api/v1/distribution_points), for percentiles across runs. Unlike gauges, they are
+    /// not last-write-wins: a resend after a lost acknowledgement counts twice. Gauges stay.
+    #[arg(long)]
+    pub distributions: bool,
+
     /// Tags on request, comma-separated: sender, sender_type (who triggered a run: a series per
     /// person), pull_request_number (a series per pull request).
     #[arg(long, value_name = "FIELDS", value_delimiter = ',')]

@@ -107,6 +107,8 @@ pub struct SendConfig {
     pub jobs: bool,
     /// `--steps`: a job's steps are items of their own.
     pub steps: bool,
+    /// `--distributions`: duration gauges also go out as distribution points.
+    pub distributions: bool,
     pub max_age: Duration,
     pub historical: bool,
     pub stamp_now: bool,
@@ -214,6 +216,7 @@ impl SendConfig {
             github,
             jobs: args.jobs || args.steps,
             steps: args.steps,
+            distributions: args.distributions,
             max_age,
             historical: args.historical,
             stamp_now: args.stamp_now,

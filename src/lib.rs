@@ -63,7 +63,7 @@ fn send(config: SendConfig) -> Result<Report, Error> {
     let ledger = config.ledger.to_string();
     let endpoint = datadog::series_url(&config.endpoint.base_url);
     let options = format!(
-        "prefix={} tags={} max_age={}s historical={} stamp_now={} compression={} batch_size={}",
+        "prefix={} tags={} max_age={}s historical={} stamp_now={} compression={} batch_size={} jobs={} steps={} distributions={}",
         config.spec.prefix,
         if config.spec.extra_tags.is_empty() { "-".to_owned() } else { config.spec.extra_tags.join(",") },
         config.max_age.as_secs(),
@@ -71,6 +71,9 @@ fn send(config: SendConfig) -> Result<Report, Error> {
         config.stamp_now,
         config.compression.header(),
         config.batch_size,
+        config.jobs,
+        config.steps,
+        config.distributions,
     );
     log.header(&Header {
         dry_run: config.dry_run,

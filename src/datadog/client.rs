@@ -39,7 +39,22 @@ impl Client {
     /// # Errors
     /// A transport failure, or any status but 2xx (with the body Datadog sent).
     pub async fn post_series(&self, body: bytes::Bytes, compression: Compression) -> Result<Accepted, DatadogError> {
-        let url = self.series_url();
+        self.post(self.series_url(), body, compression).await
+    }
+
+    /// Posts one compressed body of distribution points (`POST /api/v1/distribution_points`).
+    ///
+    /// # Errors
+    /// As [`Client::post_series`].
+    pub async fn post_distributions(
+        &self,
+        body: bytes::Bytes,
+        compression: Compression,
+    ) -> Result<Accepted, DatadogError> {
+        self.post(format!("{}/api/v1/distribution_points", self.base_url), body, compression).await
+    }
+
+    async fn post(&self, url: String, body: bytes::Bytes, compression: Compression) -> Result<Accepted, DatadogError> {
         let request = self
             .http
             .post(&url)
@@ -50,7 +65,8 @@ impl Client {
         let response = request.send().await.map_err(|error| transport(&url, &error))?;
         let status = response.status().as_u16();
         if response.status().is_success() {
-            // The body (`{"errors":[]}`) carries nothing we need; drain it so the connection is reused.
+            // The body (`{"errors":[]}` or `{"status":"ok"}`) carries nothing we need; drain it so
+            // the connection is reused.
             let _ = response.bytes().await;
             return Ok(Accepted { status });
         }

@@ -11,7 +11,9 @@ mod payload;
 
 pub use client::{series_url, site_url, Accepted, Client};
 pub use error::DatadogError;
-pub use payload::{encode_compressed, encode_series, Body, TooLarge, MAX_COMPRESSED_BYTES, MAX_RAW_BYTES};
+pub use payload::{
+    encode_compressed, encode_distributions, encode_series, Body, TooLarge, MAX_COMPRESSED_BYTES, MAX_RAW_BYTES,
+};
 
 /// The sites Datadog's API client knows; `--site` accepts these.
 pub const SITES: &[&str] = &[

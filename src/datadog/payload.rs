@@ -1,5 +1,6 @@
-//! Wire JSON of `/api/v2/series`, serialised straight from the domain's series (no wire copies),
-//! compressed as it is written, and checked against Datadog's two size limits.
+//! Wire JSON of `/api/v2/series` (and of `/api/v1/distribution_points`, with `--distributions`),
+//! serialised straight from the domain's series (no wire copies), compressed as it is written,
+//! and checked against Datadog's two size limits.
 
 use std::io::Write;
 
@@ -45,6 +46,8 @@ impl Serialize for WireSeries<'_> {
             &match series.kind {
                 MetricKind::Count => 1u8,
                 MetricKind::Gauge => 3u8,
+                // Never in a v2 body: distributions travel in their own (`encode_distributions`).
+                MetricKind::Distribution => 0u8,
             },
         )?;
         wire.serialize_field("points", &WirePoints(&series.points))?;
@@ -90,8 +93,49 @@ pub struct TooLarge {
     pub compressed_bytes: usize,
 }
 
+/// The wire form of a `/api/v1/distribution_points` body: `{"series":[{"metric", "type":
+/// "distribution", "points": [[timestamp, [values...]], ...], "tags"}]}`, a point per timestamp.
+struct WireDistributions<'a>(&'a [Series]);
+
+impl Serialize for WireDistributions<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct One<'a>(&'a Series);
+        impl Serialize for One<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let series = self.0;
+                let mut wire = serializer.serialize_struct("DistributionPointsSeries", 4)?;
+                wire.serialize_field("metric", &*series.metric)?;
+                wire.serialize_field("type", "distribution")?;
+                // The series' points are sorted by time: one wire point per run of one timestamp.
+                let points: Vec<(i64, Vec<f64>)> = series
+                    .points
+                    .chunk_by(|a, b| a.0 == b.0)
+                    .map(|run| (run[0].0, run.iter().map(|p| p.1).collect()))
+                    .collect();
+                wire.serialize_field("points", &points)?;
+                wire.serialize_field("tags", &*series.tags)?;
+                wire.end()
+            }
+        }
+        let mut payload = serializer.serialize_struct("DistributionPointsPayload", 1)?;
+        payload.serialize_field("series", &self.0.iter().map(One).collect::<Vec<_>>())?;
+        payload.end()
+    }
+}
+
+/// The JSON of distribution `series` (`/api/v1/distribution_points`), compressed, within the
+/// same limits as series bodies.
+pub fn encode_distributions(series: &[Series], compression: Compression) -> Result<Body, TooLarge> {
+    compress_json(&WireDistributions(series), compression)
+}
+
 /// The JSON of `series`, compressed as it is written: the uncompressed body is never held whole.
 pub fn encode_compressed(series: &[Series], compression: Compression) -> Result<Body, TooLarge> {
+    compress_json(&WirePayload(series), compression)
+}
+
+fn compress_json(payload: &impl Serialize, compression: Compression) -> Result<Body, TooLarge> {
     /// Counts what passes through, and refuses to go past Datadog's uncompressed limit.
     struct Counted<W> {
         inner: W,
@@ -114,7 +158,7 @@ pub fn encode_compressed(series: &[Series], compression: Compression) -> Result<
     let cut = |raw_bytes| TooLarge { raw_bytes, compressed_bytes: 0 };
     let encoder = compression.encoder(64 * 1024).map_err(|_| cut(0))?;
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, Counted { inner: encoder, bytes: 0 });
-    let written = serde_json::to_writer(&mut out, &WirePayload(series)).is_ok() && out.flush().is_ok();
+    let written = serde_json::to_writer(&mut out, payload).is_ok() && out.flush().is_ok();
     let counted = out.into_inner().map_err(|error| cut(error.into_inner().get_ref().bytes))?;
     let raw_bytes = counted.bytes;
     if !written {
@@ -143,6 +187,25 @@ mod tests {
         assert_eq!(
             String::from_utf8(encode_series(&series)).unwrap(),
             r#"{"series":[{"metric":"m","type":3,"points":[{"timestamp":10,"value":1.5}],"tags":["a:b"],"unit":"second"}]}"#
+        );
+    }
+
+    #[test]
+    fn distributions_group_the_values_of_one_timestamp_into_one_point() {
+        use std::io::Read;
+        let series = [Series {
+            metric: "m.distribution".into(),
+            kind: MetricKind::Distribution,
+            unit: None,
+            tags: vec!["a:b".to_owned()].into(),
+            points: vec![(10, 1.5), (10, 2.0), (12, 3.0)],
+        }];
+        let body = encode_distributions(&series, Compression::Deflate).unwrap();
+        let mut json = String::new();
+        flate2::read::ZlibDecoder::new(&body.compressed[..]).read_to_string(&mut json).unwrap();
+        assert_eq!(
+            json,
+            r#"{"series":[{"metric":"m.distribution","type":"distribution","points":[[10,[1.5,2.0]],[12,[3.0]]],"tags":["a:b"]}]}"#
         );
     }
 

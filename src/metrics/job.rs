@@ -23,9 +23,9 @@ use crate::model::{Entity, Job, JobContext, Step};
 pub(super) static JOB: Family = Family {
     entity: Entity::Job,
     gauges: &[
-        GaugeMetric { name: "duration_second", unit: "second" },
-        GaugeMetric { name: "queued_duration_second", unit: "second" },
-        GaugeMetric { name: "start_time_from_workflow_start_second", unit: "second" },
+        GaugeMetric { name: "duration_second", unit: "second", distribution: true },
+        GaugeMetric { name: "queued_duration_second", unit: "second", distribution: true },
+        GaugeMetric { name: "start_time_from_workflow_start_second", unit: "second", distribution: false },
     ],
     tallies: &["lost_communication_with_server_error_total", "received_shutdown_signal_error_total"],
 };
@@ -33,8 +33,8 @@ pub(super) static JOB: Family = Family {
 pub(super) static STEP: Family = Family {
     entity: Entity::Step,
     gauges: &[
-        GaugeMetric { name: "duration_second", unit: "second" },
-        GaugeMetric { name: "start_time_from_workflow_start_second", unit: "second" },
+        GaugeMetric { name: "duration_second", unit: "second", distribution: true },
+        GaugeMetric { name: "start_time_from_workflow_start_second", unit: "second", distribution: false },
     ],
     tallies: &[],
 };

@@ -20,6 +20,9 @@ pub use tags::{normalise_tag, tag, MAX_TAG_LENGTH};
 pub enum MetricKind {
     Count,
     Gauge,
+    /// Sent apart (`POST /api/v1/distribution_points`), with `--distributions`: a series of this
+    /// kind holds one (timestamp, value) per item, several at one timestamp.
+    Distribution,
 }
 
 impl MetricKind {
@@ -27,9 +30,14 @@ impl MetricKind {
         match self {
             MetricKind::Count => "count",
             MetricKind::Gauge => "gauge",
+            MetricKind::Distribution => "distribution",
         }
     }
 }
+
+/// What distributions add to a gauge's name: `<prefix>.<entity>.<gauge>.distribution` (a metric
+/// has one type in Datadog, so it cannot share the gauge's name).
+pub const DISTRIBUTION_SUFFIX: &str = ".distribution";
 
 /// One series for the request being built.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,6 +88,8 @@ pub struct Family {
 pub struct GaugeMetric {
     pub name: &'static str,
     pub unit: &'static str,
+    /// A duration, also sent as a distribution with `--distributions`.
+    pub distribution: bool,
 }
 
 /// The count metric every family has.
@@ -333,6 +343,49 @@ impl SeriesSpec {
                     });
                 }
             }
+        }
+        series
+    }
+}
+
+impl SeriesSpec {
+    /// The distribution series of `items` (`--distributions`): for each duration gauge, one
+    /// value per item that has it, at the item's timestamp, grouped by tag set. Not summed, not
+    /// read back from the ledger: Datadog adds every value it receives to the distribution.
+    pub fn distributions(&self, items: &[Planned]) -> Vec<Series> {
+        let mut index: foldhash::HashMap<(TagSetKey<'_>, usize), usize> = foldhash::HashMap::default();
+        let mut series: Vec<Series> = Vec::new();
+        let mut names: Vec<((Entity, usize), Arc<str>)> = Vec::new();
+        for planned in items {
+            let family = family(planned.item.entity());
+            for (slot, gauge) in family.gauges.iter().enumerate() {
+                let Some(value) = planned.gauges[slot].filter(|_| gauge.distribution) else { continue };
+                let key = (TagSetKey { hash: planned.tag_hash, tags: &planned.tags }, slot);
+                let at = *index.entry(key).or_insert_with(|| {
+                    let metric = match names.iter().find(|(of, _)| *of == (family.entity, slot)) {
+                        Some((_, name)) => name.clone(),
+                        None => {
+                            let name: Arc<str> =
+                                format!("{}.{}.{}{DISTRIBUTION_SUFFIX}", self.prefix, family.entity.name(), gauge.name)
+                                    .into();
+                            names.push(((family.entity, slot), name.clone()));
+                            name
+                        }
+                    };
+                    series.push(Series {
+                        metric,
+                        kind: MetricKind::Distribution,
+                        unit: None,
+                        tags: planned.tags.clone(),
+                        points: Vec::new(),
+                    });
+                    series.len() - 1
+                });
+                series[at].points.push((planned.timestamp, value));
+            }
+        }
+        for one in &mut series {
+            one.points.sort_by_key(|&(timestamp, _)| timestamp);
         }
         series
     }

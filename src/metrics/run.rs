@@ -13,8 +13,8 @@ use crate::model::{Entity, Run};
 pub(super) static FAMILY: Family = Family {
     entity: Entity::WorkflowRun,
     gauges: &[
-        GaugeMetric { name: "duration_second", unit: "second" },
-        GaugeMetric { name: "queued_duration_second", unit: "second" },
+        GaugeMetric { name: "duration_second", unit: "second", distribution: true },
+        GaugeMetric { name: "queued_duration_second", unit: "second", distribution: true },
     ],
     tallies: &[],
 };

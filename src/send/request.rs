@@ -1,6 +1,8 @@
 //! One Datadog request, done on a runtime worker: build the series of its items (summed on top
 //! of what earlier requests delivered), encode and compress them, format its run-log lines, post
-//! with retries. The pipeline decides what goes in it and what its outcome means.
+//! with retries. With `--distributions`, the same items' distribution points follow in a second
+//! post, only once the series were accepted: the request succeeds when both did. The pipeline
+//! decides what goes in it and what its outcome means.
 
 use std::sync::Arc;
 
@@ -45,6 +47,8 @@ pub(super) struct RequestTask {
     pub(super) before: FastMap<i64, SentPoint>,
     pub(super) spec: Arc<metrics::SeriesSpec>,
     pub(super) compression: Compression,
+    /// `--distributions`: post the items' distribution points after their series.
+    pub(super) distributions: bool,
     pub(super) policy: RetryPolicy,
     /// `None` in a dry run: everything but the post.
     pub(super) client: Option<Arc<Client>>,
@@ -55,13 +59,18 @@ pub(super) struct RequestTask {
 impl RequestTask {
     pub(super) async fn run(mut self) -> Delivery {
         let number = self.number;
-        let series =
+        let mut series =
             self.spec.series(&self.items, &|point_key| self.before.get(&point_key).copied().unwrap_or_default());
         let encoded = datadog::encode_compressed(&series, self.compression);
         let (raw_bytes, compressed_bytes) = match &encoded {
             Ok(body) => (body.raw_bytes, body.compressed.len()),
             Err(too_large) => (too_large.raw_bytes, too_large.compressed_bytes),
         };
+        // Datadog documents deflate for this endpoint, whatever --compression says.
+        let distributions = if self.distributions { self.spec.distributions(&self.items) } else { Vec::new() };
+        let distributions_body = (!distributions.is_empty())
+            .then(|| datadog::encode_distributions(&distributions, Compression::Deflate))
+            .transpose();
         let mut delivery = Delivery {
             number,
             attempts: 0,
@@ -73,8 +82,11 @@ impl RequestTask {
             series: series.len() as u64,
             points: series.iter().map(|one| one.points.len() as u64).sum(),
         };
-        let Ok(body) = encoded else { return delivery };
+        let (Ok(body), Ok(distributions_body)) = (encoded, distributions_body) else { return delivery };
         let body = body.compressed;
+        delivery.series += distributions.len() as u64;
+        delivery.points += distributions.iter().map(|one| one.points.len() as u64).sum::<u64>();
+        series.extend(distributions);
         if self.log_detail != LogDetail::Requests {
             // Sized once from the body (the series lines take about what its JSON takes, the
             // compact ones a third), not grown by doubling: these are megabytes per request.
@@ -99,10 +111,22 @@ impl RequestTask {
             Some(client) => {
                 let body = Bytes::from(body);
                 let compression = self.compression;
-                let outcome = retry::retry(&self.policy, number, "request", &mut self.signals, || {
+                let mut outcome = retry::retry(&self.policy, number, "request", &mut self.signals, || {
                     client.post_series(body.clone(), compression)
                 })
                 .await;
+                if let (Ok(_), Some(distributions)) = (&outcome.result, distributions_body) {
+                    let body = Bytes::from(distributions.compressed);
+                    let second = retry::retry(&self.policy, number, "distributions", &mut self.signals, || {
+                        client.post_distributions(body.clone(), Compression::Deflate)
+                    })
+                    .await;
+                    outcome = retry::Outcome {
+                        attempts: outcome.attempts + second.attempts,
+                        cancelled: second.cancelled,
+                        result: second.result,
+                    };
+                }
                 delivery.attempts = outcome.attempts;
                 delivery.result = outcome.result.map(|accepted| accepted.status).map_err(Failure::Http);
                 delivery.cancelled = outcome.cancelled;

@@ -392,3 +392,52 @@ fn compact_run_log_has_one_line_per_tag_set_with_every_point() {
     // What the log says is what Datadog was sent.
     assert_eq!(intake.total(TOTAL), 3.0);
 }
+
+#[test]
+fn distributions_carry_every_runs_value_and_go_out_only_after_the_series() {
+    let now = fixtures::now();
+    // Two runs at the same point: the gauge shows the longer, the distribution both.
+    let runs = [spec(1), spec(2)];
+    let runs = [runs[0].clone(), fixtures::Spec { duration: 420, ..runs[1].clone() }];
+    let env = Env::new();
+    let intake = Intake::start();
+    let file = env.file("runs.json", fixtures::rest_page(&runs, now).to_string());
+    // Datadog takes the series but fails the distributions: nothing is marked, and the
+    // invocation fails as for any request that was not accepted.
+    intake.script_distributions([503, 503]);
+    env.send(&intake).arg(&file).args(["--distributions", "--max-attempts", "2"]).run().expect_code(1);
+    assert_eq!(intake.requests().len(), 1, "the series went out first");
+    assert!(env.sent_keys().is_empty(), "marked although its distributions were not accepted");
+    assert!(intake.distributions().is_empty());
+    // The next invocation sends both; the series are the same points again.
+    env.send(&intake).arg(&file).arg("--distributions").run().expect_code(0);
+    assert_eq!(env.sent_keys().len(), 2);
+    let durations = |metric: &str| -> Vec<f64> {
+        let mut values: Vec<f64> = intake.distributions().into_iter().filter(|d| d.0 == metric).map(|d| d.3).collect();
+        values.sort_by(f64::total_cmp);
+        values
+    };
+    assert_eq!(durations("github.actions.workflow_run.duration_second.distribution"), [300.0, 420.0]);
+    assert_eq!(durations("github.actions.workflow_run.queued_duration_second.distribution"), [15.0, 15.0]);
+    let gauge: Vec<f64> = intake
+        .stored()
+        .into_iter()
+        .filter(|p| p.metric == "github.actions.workflow_run.duration_second")
+        .map(|p| p.value)
+        .collect();
+    assert_eq!(gauge, [420.0], "the gauge keeps the largest of the point");
+    let (metric, tags, timestamp, _) = &intake.distributions()[0];
+    assert!(metric.ends_with(".distribution"));
+    assert_eq!(*timestamp, runs[0].completed_at(now));
+    assert!(tags.contains(&"workflow_name:ci".to_owned()), "{tags:?}");
+    assert!(
+        intake.distribution_requests().iter().all(|(_, error)| error.is_none()),
+        "{:?}",
+        intake.distribution_requests()
+    );
+    // Without the flag: no distribution request at all.
+    let other = env.file("other.json", fixtures::rest_page(&[spec(3)], now).to_string());
+    let before = intake.distribution_requests().len();
+    env.send(&intake).arg(&other).run().expect_code(0);
+    assert_eq!(intake.distribution_requests().len(), before);
+}

@@ -448,6 +448,7 @@ impl Pipeline<'_> {
             before,
             spec: self.spec.clone(),
             compression: self.config.compression,
+            distributions: self.config.distributions,
             policy: self.config.retry.clone(),
             client: self.client.clone(),
             signals: self.signals.clone(),

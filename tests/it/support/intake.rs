@@ -4,6 +4,10 @@
 //! rejects unknown fields). Points outside Datadog's time window are accepted with 202 but
 //! recorded as dropped, as Datadog silently drops them.
 //!
+//! `/api/v1/distribution_points` is checked the same way (key, content type, deflate, limits; its
+//! body by hand against the documented shape, unknown fields rejected); its values are kept as
+//! Datadog keeps them, every one added to the distribution, never overwritten.
+//!
 //! Responses can be scripted per request: a queue of statuses (with headers and body) or dropped
 //! connections; when the queue is empty every valid request gets 202.
 
@@ -81,6 +85,12 @@ struct Inner {
     latency: std::time::Duration,
     hook: Option<Arc<Hook>>,
     valid_requests: usize,
+    /// Distribution values accepted: (metric, sorted tags, timestamp, value).
+    distributions: Vec<(String, Vec<String>, i64, f64)>,
+    /// Statuses for the next distribution requests (then 202).
+    distribution_script: VecDeque<u16>,
+    /// Distribution requests, with the status answered and the error if any.
+    distribution_requests: Vec<(u16, Option<String>)>,
 }
 
 #[derive(Clone, Debug)]
@@ -107,6 +117,7 @@ impl Intake {
         let app = Router::new()
             .route("/api/v2/series", post(series))
             .route("/api/v1/validate", get(validate))
+            .route("/api/v1/distribution_points", post(distribution_points))
             .with_state(state);
         let addr = super::serve(app);
         Intake { inner, addr }
@@ -169,6 +180,21 @@ impl Intake {
 
     pub fn dropped(&self) -> Vec<Point> {
         self.inner.lock().unwrap().dropped.clone()
+    }
+
+    /// Distribution values accepted: (metric, sorted tags, timestamp, value), in arrival order.
+    pub fn distributions(&self) -> Vec<(String, Vec<String>, i64, f64)> {
+        self.inner.lock().unwrap().distributions.clone()
+    }
+
+    /// Distribution requests: (status answered, error).
+    pub fn distribution_requests(&self) -> Vec<(u16, Option<String>)> {
+        self.inner.lock().unwrap().distribution_requests.clone()
+    }
+
+    /// Answers the next distribution requests with these statuses, the values not taken.
+    pub fn script_distributions(&self, statuses: impl IntoIterator<Item = u16>) {
+        self.inner.lock().unwrap().distribution_script.extend(statuses);
     }
 
     /// What Datadog would show: for each metric, tags and timestamp, the last value written.
@@ -302,6 +328,101 @@ async fn series(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body
     request.status = response.status().as_u16();
     inner.requests.push(request);
     response
+}
+
+/// `POST /api/v1/distribution_points`, as Datadog documents it: `{"series": [{"metric",
+/// "points": [[timestamp, [values]]], "tags", "type": "distribution", "host"}]}`, deflate.
+async fn distribution_points(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: Bytes) -> Response {
+    let verdict = check_distributions(&headers, &body);
+    let mut inner = inner.lock().unwrap();
+    let (status, response) = match verdict {
+        Err((status, message)) => {
+            inner.distribution_requests.push((status.as_u16(), Some(message.clone())));
+            return error(status, &message);
+        }
+        Ok(values) => match inner.distribution_script.pop_front() {
+            Some(status) => (status, error(StatusCode::from_u16(status).unwrap(), "scripted")),
+            None => {
+                inner.distributions.extend(values);
+                (202, (StatusCode::ACCEPTED, json!({"status": "ok"}).to_string()).into_response())
+            }
+        },
+    };
+    inner.distribution_requests.push((status, None));
+    response
+}
+
+type DistributionValues = Vec<(String, Vec<String>, i64, f64)>;
+
+fn check_distributions(headers: &HeaderMap, body: &[u8]) -> Result<DistributionValues, (StatusCode, String)> {
+    let bad = |message: String| Err((StatusCode::BAD_REQUEST, message));
+    if headers.get("dd-api-key").and_then(|v| v.to_str().ok()) != Some(API_KEY) {
+        return Err((StatusCode::FORBIDDEN, "Forbidden".into()));
+    }
+    if headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("application/json") {
+        return bad("content-type must be application/json".into());
+    }
+    if body.len() > MAX_COMPRESSED {
+        return Err((StatusCode::PAYLOAD_TOO_LARGE, "payload too large".into()));
+    }
+    let mut raw = Vec::new();
+    match headers.get("content-encoding").and_then(|v| v.to_str().ok()) {
+        None => raw.extend_from_slice(body),
+        Some("deflate") => {
+            if let Err(error) = flate2::read::ZlibDecoder::new(body).take((MAX_RAW + 1) as u64).read_to_end(&mut raw) {
+                return bad(format!("cannot decode deflate body: {error}"));
+            }
+        }
+        Some(other) => return bad(format!("unsupported content-encoding {other} (deflate only)")),
+    }
+    if raw.len() > MAX_RAW {
+        return Err((StatusCode::PAYLOAD_TOO_LARGE, "decompressed payload is too large".into()));
+    }
+    let payload: Value =
+        serde_json::from_slice(&raw).map_err(|e| (StatusCode::BAD_REQUEST, format!("not JSON: {e}")))?;
+    let Some(object) = payload.as_object().filter(|o| o.keys().all(|k| k == "series")) else {
+        return bad("the body is an object with only `series`".into());
+    };
+    let Some(series) = object.get("series").and_then(Value::as_array) else {
+        return bad("`series` is required".into());
+    };
+    let mut values = Vec::new();
+    for one in series {
+        let Some(one) = one.as_object() else { return bad("a series is an object".into()) };
+        if let Some(unknown) = one.keys().find(|k| !["metric", "points", "tags", "type", "host"].contains(&k.as_str()))
+        {
+            return bad(format!("unknown field {unknown}"));
+        }
+        let Some(metric) = one.get("metric").and_then(Value::as_str) else { return bad("`metric` is required".into()) };
+        if one.get("type").is_some_and(|t| t != "distribution") {
+            return bad(format!("type must be distribution, found {}", one["type"]));
+        }
+        let mut tags: Vec<String> = match one.get("tags") {
+            None => Vec::new(),
+            Some(Value::Array(tags)) if tags.iter().all(Value::is_string) => {
+                tags.iter().map(|t| t.as_str().unwrap().to_owned()).collect()
+            }
+            Some(_) => return bad("tags are strings".into()),
+        };
+        tags.sort();
+        let Some(points) = one.get("points").and_then(Value::as_array) else {
+            return bad("`points` is required".into());
+        };
+        for point in points {
+            let (Some(timestamp), Some(list)) =
+                (point.get(0).and_then(Value::as_f64), point.get(1).and_then(Value::as_array))
+            else {
+                return bad(format!("a point is [timestamp, [values]], found {point}"));
+            };
+            if point.as_array().map(Vec::len) != Some(2) || list.iter().any(|v| !v.is_number()) {
+                return bad(format!("a point is [timestamp, [values]], found {point}"));
+            }
+            for value in list {
+                values.push((metric.to_owned(), tags.clone(), timestamp as i64, value.as_f64().unwrap()));
+            }
+        }
+    }
+    Ok(values)
 }
 
 /// The panic payload of a scripted dropped connection (silenced by the panic hook in `start`).
