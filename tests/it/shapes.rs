@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use crate::support::fixtures::{self, spec, Spec};
-use crate::support::{shared, Env, Intake};
+use crate::support::{shared, Env, Intake, Reply};
 
 const TOTAL: &str = "github.actions.workflow_run.total";
 
@@ -383,4 +383,88 @@ fn real_payload_values_match_github() {
 fn schema_copy_matches_shared() {
     let copy = std::fs::read_to_string(shared("datadog").join("v2-series.schema.json")).unwrap();
     assert_eq!(include_str!("../data/v2-series.schema.json"), copy);
+}
+
+/// A jobs list body of `count` jobs made from the real example's first job (its 9 steps, times
+/// and labels), each a matrix leg of its own, moved so that it completed `ago` seconds before
+/// `now` (the steps' times move with it).
+fn matrix_jobs(count: u64, ago: i64, now: i64) -> String {
+    use chrono::{DateTime, SecondsFormat};
+    let path = shared("github/examples").join("rest_jobs_pygithub_2023-01_5jobs_steps.json");
+    let body: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let template = body["jobs"][0].clone();
+    let completed = DateTime::parse_from_rfc3339(template["completed_at"].as_str().unwrap()).unwrap().timestamp();
+    let shift = now - ago - completed;
+    let moved = |value: &Value| match value.as_str().map(DateTime::parse_from_rfc3339) {
+        Some(Ok(time)) => {
+            json!((time + chrono::Duration::seconds(shift)).to_rfc3339_opts(SecondsFormat::Millis, true))
+        }
+        _ => value.clone(),
+    };
+    let jobs: Vec<Value> = (0..count)
+        .map(|index| {
+            let mut job = template.clone();
+            job["id"] = json!(9_000_000 + index);
+            job["name"] = json!(format!("test (matrix leg {index:04} of a large build with a long name)"));
+            for field in ["created_at", "started_at", "completed_at"] {
+                job[field] = moved(&job[field]);
+            }
+            for step in job["steps"].as_array_mut().unwrap() {
+                for field in ["started_at", "completed_at"] {
+                    step[field] = moved(&step[field]);
+                }
+            }
+            job
+        })
+        .collect();
+    json!({"total_count": count, "jobs": jobs}).to_string()
+}
+
+#[test]
+fn a_large_matrix_is_split_by_size_and_a_failure_resends_only_what_was_not_accepted() {
+    let now = fixtures::now();
+    let env = Env::new();
+    let intake = Intake::start();
+    let jobs = 700;
+    let file = env.file("matrix.json", matrix_jobs(jobs, 300, now));
+    let steps = 9 * jobs;
+    // One request is accepted, the next refused for good; the others land as they come.
+    intake.script([Reply::Delay(std::time::Duration::ZERO), Reply::status(500)]);
+    let args = ["--steps", "--batch-size", "20000", "--max-attempts", "1", "--concurrency", "1", "--output", "json"];
+    let out = env.send(&intake).arg(&file).args(args).run();
+    out.expect_code(1);
+    let first = out.json()["sent"].as_u64().unwrap();
+    assert!(0 < first && first < jobs + steps, "{first}");
+    // Datadog's size limits, not --batch-size, split the one batch: every request within them.
+    let requests = intake.requests();
+    assert!(requests.len() >= 2, "{requests:?}");
+    assert!(requests.iter().all(|r| r.raw_bytes <= 5_242_880 && r.compressed_bytes <= 512_000), "{requests:?}");
+    // The next invocation sends exactly what was not accepted, and Datadog shows each job and
+    // step once.
+    let out = env.send(&intake).arg(&file).args(args).run();
+    out.expect_code(0);
+    assert_eq!(out.json()["sent"].as_u64().unwrap(), jobs + steps - first);
+    assert_eq!(out.json()["already_sent"].as_u64().unwrap(), first);
+    assert_eq!(intake.total("github.actions.job.total"), jobs as f64);
+    assert_eq!(intake.total("github.actions.step.total"), steps as f64);
+    assert!(intake.dropped().is_empty());
+    env.ledger_is_consistent();
+}
+
+#[test]
+fn jobs_older_than_the_window_follow_the_runs_policy() {
+    let now = fixtures::now();
+    let env = Env::new();
+    let intake = Intake::start();
+    let file = env.file("jobs.json", matrix_jobs(3, 2 * 3600, now));
+    let out = env.send(&intake).arg(&file).args(["--jobs", "--output", "json"]).run();
+    out.expect_code(0);
+    assert!(intake.requests().is_empty());
+    assert_eq!(env.too_old_keys().len(), 3, "recorded, not dropped in silence");
+    assert!(out.stderr.contains("--historical"), "{}", out.stderr);
+    let out = env.send(&intake).arg(&file).args(["--jobs", "--stamp-now", "--output", "json"]).run();
+    out.expect_code(0);
+    assert_eq!(out.json()["sent"], 3);
+    assert_eq!(intake.total("github.actions.job.total"), 3.0);
+    assert!(intake.dropped().is_empty());
 }

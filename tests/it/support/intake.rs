@@ -200,13 +200,15 @@ impl Intake {
     /// What Datadog would show: for each metric, tags and timestamp, the last value written.
     pub fn stored(&self) -> Vec<Point> {
         let mut stored: Vec<Point> = Vec::new();
+        let mut index: std::collections::HashMap<(String, Vec<String>, i64), usize> = Default::default();
         for point in self.accepted() {
-            match stored
-                .iter_mut()
-                .find(|p| p.metric == point.metric && p.tags == point.tags && p.timestamp == point.timestamp)
-            {
-                Some(existing) => *existing = point,
-                None => stored.push(point),
+            let key = (point.metric.clone(), point.tags.clone(), point.timestamp);
+            match index.get(&key) {
+                Some(&at) => stored[at] = point,
+                None => {
+                    index.insert(key, stored.len());
+                    stored.push(point);
+                }
             }
         }
         stored
