@@ -41,13 +41,34 @@ pub struct LedgerArgs {
 /// Where the ledger is, and how long to wait for it: `send`, `check` and `ledger` share these.
 #[derive(Debug, Args)]
 pub struct LedgerLocationArgs {
-    /// The ledger of items already sent (SQLite; created with its folder on first use).
-    #[arg(long, value_name = "PATH", default_value = "cache/metrics.db", global = true)]
-    pub ledger: PathBuf,
+    /// The ledger of items already sent: a SQLite file (created with its folder on first use),
+    /// or a PostgreSQL database that many invocations share, as
+    /// postgres://USER@HOST:PORT/DATABASE?sslmode=... (the password from the URL, PGPASSWORD or
+    /// ~/.pgpass; never printed).
+    #[arg(
+        long,
+        value_name = "PATH|URL",
+        default_value = "cache/metrics.db",
+        env = "WORKFLOW_METRICS_LEDGER",
+        hide_env_values = true,
+        global = true
+    )]
+    pub ledger: String,
 
-    /// Seconds to wait for another invocation that holds the ledger (one writes at a time).
+    /// Seconds to wait for another invocation that holds a SQLite ledger (one writes at a time).
     #[arg(long, value_name = "SECONDS", default_value_t = 600, global = true)]
     pub lock_timeout: u64,
+
+    /// PostgreSQL ledger: seconds an invocation's claim on the points it sends lasts, unless it
+    /// marks or releases them first; the claims of an invocation that died lapse after this.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600, global = true)]
+    pub claim_lease: u64,
+
+    /// PostgreSQL ledger: seconds to wait for points another invocation holds (it is sending
+    /// items there) before leaving those items to it; they stay unsent in this invocation and no
+    /// cursor moves past them.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, global = true)]
+    pub claim_wait: u64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,6 +1,6 @@
 //! Validated configuration, built once from the command line and the environment. The only
-//! module that reads the environment (`DD_API_KEY`, `GITHUB_EVENT_PATH`); `clippy.toml` bans
-//! `std::env::var` everywhere else.
+//! module that reads the environment (`DD_API_KEY`, `GITHUB_EVENT_PATH`, `PGPASSWORD`...);
+//! `clippy.toml` bans `std::env::var` everywhere else.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,7 +9,7 @@ use crate::cli::{
     CheckArgs, CommonArgs, CompressionArg, LedgerLocationArgs, LogDetail, OutputFormat, SendArgs, TagFieldArg,
 };
 use crate::datadog::{self, ApiKey, Compression};
-use crate::ledger::Location;
+use crate::ledger::{Location, PgTarget};
 use crate::metrics::{self, SeriesSpec, TagFields};
 use crate::model;
 use crate::retry::RetryPolicy;
@@ -30,6 +30,8 @@ pub enum ConfigError {
     },
     #[error("the API key file {path} is empty")]
     EmptyApiKeyFile { path: PathBuf },
+    #[error("--ledger {shown}: {reason}")]
+    LedgerUrl { shown: String, reason: String },
     #[error("unknown Datadog site {site:?}; expected one of {}", datadog::SITES.join(", "))]
     UnknownSite { site: String },
     #[error("--api-url {url:?} is not an http:// or https:// URL")]
@@ -120,6 +122,8 @@ pub struct SendConfig {
     pub circuit_breaker: u32,
     pub at_most_once: bool,
     pub lock_timeout: Duration,
+    /// `--claim-wait` (a shared ledger): how long points another invocation holds are waited for.
+    pub claim_wait: Duration,
     pub shutdown_grace: Duration,
     pub log_detail: LogDetail,
     /// Draw a progress bar on stderr (only when stderr is a terminal).
@@ -199,7 +203,7 @@ impl SendConfig {
             inputs,
             dry_run: args.dry_run,
             dry_run_record: args.dry_run_record,
-            ledger: Location::Sqlite(args.common.ledger.ledger),
+            ledger: location(&args.common.ledger)?,
             log_dir: args.log_dir,
             endpoint,
             api_key,
@@ -232,6 +236,7 @@ impl SendConfig {
             circuit_breaker: args.circuit_breaker,
             at_most_once: args.at_most_once,
             lock_timeout: Duration::from_secs(args.common.ledger.lock_timeout),
+            claim_wait: Duration::from_secs(args.common.ledger.claim_wait),
             shutdown_grace: Duration::from_secs(args.shutdown_grace),
             log_detail: args.log_detail,
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
@@ -247,14 +252,40 @@ impl CheckConfig {
             endpoint: endpoint(&args.common)?,
             api_key: api_key(&args.common)?,
             lock_timeout: Duration::from_secs(args.common.ledger.lock_timeout),
-            ledger: Location::Sqlite(args.common.ledger.ledger),
+            ledger: location(&args.common.ledger)?,
         })
     }
 }
 
 /// Where the ledger is, for the `ledger` subcommands.
-pub fn ledger_location(args: &LedgerLocationArgs) -> (Location, Duration) {
-    (Location::Sqlite(args.ledger.clone()), Duration::from_secs(args.lock_timeout))
+///
+/// # Errors
+/// A `postgres://` URL libpq would not take.
+pub fn ledger_location(args: &LedgerLocationArgs) -> Result<(Location, Duration), ConfigError> {
+    Ok((location(args)?, Duration::from_secs(args.lock_timeout)))
+}
+
+/// A SQLite path, or a PostgreSQL URL whose password comes from the URL, `PGPASSWORD` or the
+/// password file (`PGPASSFILE`, else `~/.pgpass`), as libpq has it.
+fn location(args: &LedgerLocationArgs) -> Result<Location, ConfigError> {
+    if !crate::ledger::postgres::is_url(&args.ledger) {
+        return Ok(Location::Sqlite(PathBuf::from(&args.ledger)));
+    }
+    #[allow(clippy::disallowed_methods, reason = "config is where the environment is read")]
+    let variable = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+    let password = variable("PGPASSWORD");
+    let pgpass_path = variable("PGPASSFILE")
+        .map(PathBuf::from)
+        .or_else(|| variable("HOME").map(|home| Path::new(&home).join(".pgpass")));
+    let pgpass = pgpass_path.and_then(|path| std::fs::read_to_string(path).ok());
+    // Shown in errors without what follows `scheme://` up to `@` (user and password).
+    let shown = match args.ledger.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{}", rest.rsplit_once('@').map_or(rest, |(_, host)| host)),
+        None => "(a PostgreSQL URL)".to_owned(),
+    };
+    let target = PgTarget::parse(&args.ledger, password.as_deref(), pgpass.as_deref())
+        .map_err(|reason| ConfigError::LedgerUrl { shown, reason })?;
+    Ok(Location::Postgres { target: Box::new(target), lease: Duration::from_secs(args.claim_lease.max(1)) })
 }
 
 fn endpoint(common: &CommonArgs) -> Result<Endpoint, ConfigError> {

@@ -107,17 +107,18 @@ fn send(config: SendConfig) -> Result<Report, Error> {
 
 fn check(config: CheckConfig) -> Result<Report, Error> {
     runtime().block_on(async {
-        let mut ledger = ledger::open(&config.ledger, config.lock_timeout)?;
+        let mut ledger = ledger::open(&config.ledger, config.lock_timeout).await?;
         let counts = ledger.counts().await?;
+        ledger.check_writes().await?;
         let client = datadog::Client::new(&config.endpoint.base_url, config.api_key, config.endpoint.request_timeout)?;
         client.validate().await?;
         Ok(Report {
             exit_code: exit_code::OK,
             summary_line: format!(
-                "ok: Datadog accepted the API key at {}; ledger {} ready (schema {}, {} item(s) sent, {} recorded too old, {} dead letter(s))",
+                "ok: Datadog accepted the API key at {}; ledger {} ready and writable (schema {}, {} item(s) sent, {} recorded too old, {} dead letter(s))",
                 config.endpoint.base_url,
                 ledger.describe(),
-                ledger::SCHEMA_VERSION,
+                ledger.schema_version(),
                 counts.sent,
                 counts.too_old,
                 counts.dead,
@@ -128,11 +129,11 @@ fn check(config: CheckConfig) -> Result<Report, Error> {
 }
 
 fn ledger_command(args: LedgerArgs) -> Result<Report, Error> {
-    let (location, lock_timeout) = config::ledger_location(&args.ledger);
+    let (location, lock_timeout) = config::ledger_location(&args.ledger)?;
     runtime().block_on(async {
         let (summary_line, json) = match args.action {
             LedgerAction::Dead => {
-                let dead = ledger::open(&location, lock_timeout)?.dead_letters().await?;
+                let dead = ledger::open(&location, lock_timeout).await?.dead_letters().await?;
                 let rows: Vec<String> = dead
                     .iter()
                     .map(|letter| {
@@ -143,7 +144,7 @@ fn ledger_command(args: LedgerArgs) -> Result<Report, Error> {
                 (format!("{} dead letter(s) in {location}", dead.len()), Some(rows.join("\n")).filter(|s| !s.is_empty()))
             }
             LedgerAction::Requeue { keys, all } => {
-                let freed = ledger::open(&location, lock_timeout)?.requeue(if all { None } else { Some(&keys) }).await?;
+                let freed = ledger::open(&location, lock_timeout).await?.requeue(if all { None } else { Some(&keys) }).await?;
                 (format!("requeued {freed} dead letter(s): the next send sends them again"), None)
             }
             LedgerAction::List { state } => {
@@ -152,14 +153,14 @@ fn ledger_command(args: LedgerArgs) -> Result<Report, Error> {
                     KeyStateArg::TooOld => KeyState::SkippedTooOld,
                     KeyStateArg::Dead => KeyState::Dead,
                 };
-                let keys = match ledger::open_read_only(&location)? {
+                let keys = match ledger::open_read_only(&location).await? {
                     Some(mut ledger) => ledger.keys(state).await?,
                     None => Vec::new(),
                 };
                 (format!("{} key(s) in {location}", keys.len()), Some(keys.join("\n")).filter(|s| !s.is_empty()))
             }
             LedgerAction::Verify => {
-                let Some(mut ledger) = ledger::open_read_only(&location)? else {
+                let Some(mut ledger) = ledger::open_read_only(&location).await? else {
                     return Err(Error::Ledger(ledger::LedgerError::Missing { path: location.to_string() }));
                 };
                 ledger.verify().await?;

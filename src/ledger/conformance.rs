@@ -1,32 +1,45 @@
 //! The behaviour every ledger backend promises, as one suite of tests. A backend joins it with
-//! one line in `backends()`; the dry-run overlay runs it too, over an empty real ledger.
+//! one line in `backends()`; the dry-run overlay runs it too, over an empty real ledger. The
+//! PostgreSQL backend runs against a real server, a fresh database per test (see
+//! `postgres::testing`): its absence fails the suite, it is never skipped.
 
 use std::path::Path;
 use std::time::Duration;
 
-use super::{KeyState, Ledger, Overlay, SentItem, SkipReason, SkippedItem, SqliteLedger};
+use super::{KeyState, Ledger, Overlay, PgLedger, SentItem, SkipReason, SkippedItem, SqliteLedger};
 use crate::metrics::SentPoint;
 
-type Factory = fn(&Path) -> Box<dyn Ledger>;
+const BACKENDS: [&str; 4] = ["sqlite", "overlay over sqlite", "postgres", "overlay over postgres"];
 
-/// Each backend as a fresh, empty ledger in the given folder.
-fn backends() -> [(&'static str, Factory); 2] {
-    [
-        ("sqlite", |dir| Box::new(SqliteLedger::open(&dir.join("ledger.db"), Duration::ZERO).unwrap())),
-        ("overlay over sqlite", |dir| {
+/// A backend as a fresh, empty ledger (in `dir` for files).
+async fn backend(name: &str, dir: &Path) -> Box<dyn Ledger> {
+    match name {
+        "sqlite" => Box::new(SqliteLedger::open(&dir.join("ledger.db"), Duration::ZERO).unwrap()),
+        "overlay over sqlite" => {
             let path = dir.join("real.db");
             drop(SqliteLedger::open(&path, Duration::ZERO).unwrap());
             let base = SqliteLedger::open_read_only(&path).unwrap().expect("created above");
             Box::new(Overlay::new(Some(Box::new(base)), Box::new(SqliteLedger::open_in_memory().unwrap())))
-        }),
-    ]
+        }
+        "postgres" => {
+            let target = super::postgres::testing::fresh_database().await;
+            Box::new(PgLedger::open(&target, Duration::from_secs(60)).await.unwrap())
+        }
+        "overlay over postgres" => {
+            let target = super::postgres::testing::fresh_database().await;
+            drop(PgLedger::open(&target, Duration::from_secs(60)).await.unwrap());
+            let base = PgLedger::open_read_only(&target).await.unwrap().expect("created above");
+            Box::new(Overlay::new(Some(Box::new(base)), Box::new(SqliteLedger::open_in_memory().unwrap())))
+        }
+        other => panic!("no backend {other}"),
+    }
 }
 
 /// Runs `check` against every backend, naming the backend in a failure.
 async fn for_each_backend(check: impl AsyncFn(&mut dyn Ledger)) {
-    for (name, make) in backends() {
+    for name in BACKENDS {
         let dir = tempfile::tempdir().unwrap();
-        let mut ledger = make(dir.path());
+        let mut ledger = backend(name, dir.path()).await;
         eprintln!("backend: {name}");
         check(ledger.as_mut()).await;
     }

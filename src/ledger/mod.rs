@@ -7,8 +7,9 @@
 //! a dry run wraps the real ledger, opened read-only, in an [`Overlay`] that keeps its own
 //! writes apart, so the real ledger is never written whatever the backend.
 //!
-//! Backends: `sqlite` (the embedded default). Every backend passes the same conformance suite
-//! (`conformance.rs`).
+//! Backends: `sqlite` (the embedded default: one writer at a time, through a lock file) and
+//! `postgres` (one database many invocations share: each claims the points it sends). Every
+//! backend passes the same conformance suite (`conformance.rs`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,9 +22,11 @@ use crate::metrics::{Gauges, SentPoint, Tallies, MAX_GAUGES, MAX_TALLIES};
 #[cfg(test)]
 mod conformance;
 mod overlay;
+pub mod postgres;
 pub mod sqlite;
 
 pub use overlay::Overlay;
+pub use postgres::{PgLedger, PgTarget, PG_SCHEMA_VERSION};
 pub use sqlite::{SqliteLedger, SCHEMA_VERSION};
 
 /// What the ledger knows of one item key.
@@ -35,6 +38,17 @@ pub enum KeyState {
     Dead,
 }
 
+impl KeyState {
+    /// The `reason` column of a state recorded apart from the sent ones.
+    pub(crate) fn reason(self) -> Option<&'static str> {
+        match self {
+            KeyState::SkippedTooOld => Some("too_old"),
+            KeyState::Dead => Some("dead"),
+            KeyState::Sent | KeyState::Unknown => None,
+        }
+    }
+}
+
 /// Why an item is recorded without being sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SkipReason<'a> {
@@ -43,6 +57,16 @@ pub enum SkipReason<'a> {
     TooOld,
     /// Datadog rejected it on its own (400), with Datadog's error: skipped until requeued.
     Dead { detail: &'a str },
+}
+
+impl<'a> SkipReason<'a> {
+    /// The `reason` column, the `detail` column, and what recording it is called in errors.
+    pub(crate) fn columns(self) -> (&'static str, Option<&'a str>, &'static str) {
+        match self {
+            SkipReason::TooOld => ("too_old", None, "recording too-old items"),
+            SkipReason::Dead { detail } => ("dead", Some(detail), "recording dead letters"),
+        }
+    }
 }
 
 /// An item confirmed by Datadog, to be marked.
@@ -115,6 +139,13 @@ pub struct DeadLetter {
     pub detail: String,
 }
 
+/// A point an invocation is about to write: (timestamp, point key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Claim {
+    pub timestamp: i64,
+    pub point_key: i64,
+}
+
 /// Rows per state, for `check`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -128,6 +159,15 @@ pub struct Counts {
 pub trait Ledger: Send {
     /// Where the ledger is, for messages and the run log (never with a password).
     fn describe(&self) -> String;
+
+    /// The version of the schema this backend keeps (for `check`).
+    fn schema_version(&self) -> i64;
+
+    /// Whether other invocations may write this ledger at the same time (PostgreSQL): then
+    /// items are claimed before they are sent, and looked up again once claimed.
+    fn shared(&self) -> bool {
+        false
+    }
 
     /// What the ledger knows of each key, in the order given, in one round trip.
     async fn states(&mut self, keys: &[&str]) -> Result<Vec<KeyState>, LedgerError>;
@@ -174,18 +214,60 @@ pub trait Ledger: Send {
 
     /// Checks the ledger's own consistency (SQLite: `PRAGMA integrity_check`).
     async fn verify(&mut self) -> Result<(), LedgerError>;
+
+    /// Claims points before their items are sent, so that invocations sharing the ledger never
+    /// write one point at once: for each claim, whether this invocation holds it now (it did
+    /// already, nobody did, or its holder's lease ended). Marking items releases their points.
+    /// A backend with one writer at a time (SQLite, behind its lock) grants every claim.
+    async fn claim(&mut self, claims: &[Claim], now_ms: i64) -> Result<Vec<bool>, LedgerError> {
+        let _ = now_ms;
+        Ok(vec![true; claims.len()])
+    }
+
+    /// Gives claims back (their items were not sent after all), so that others need not wait
+    /// for the lease to end.
+    async fn release(&mut self, claims: &[Claim]) -> Result<(), LedgerError> {
+        let _ = claims;
+        Ok(())
+    }
+
+    /// Checks that a send may write what it writes, changing nothing (`check`). SQLite proved
+    /// it by opening the file for writing.
+    async fn check_writes(&mut self) -> Result<(), LedgerError> {
+        Ok(())
+    }
+
+    /// Gives back every claim this invocation still holds (its end): items it did not send are
+    /// free for others at once rather than when the lease ends.
+    async fn release_all(&mut self) -> Result<(), LedgerError> {
+        Ok(())
+    }
 }
 
 /// Where the ledger lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Location {
     Sqlite(PathBuf),
+    /// A PostgreSQL database, and how long this invocation's claims last there.
+    Postgres {
+        target: Box<PgTarget>,
+        lease: Duration,
+    },
 }
+
+impl PartialEq for PgTarget {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for PgTarget {}
 
 impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Location::Sqlite(path) => write!(f, "{}", path.display()),
+            Location::Postgres { target, .. } => write!(f, "{target}"),
         }
     }
 }
@@ -195,9 +277,10 @@ impl std::fmt::Display for Location {
 /// # Errors
 /// The ledger cannot be created, opened or migrated, or another invocation holds it past
 /// `lock_timeout`.
-pub fn open(location: &Location, lock_timeout: Duration) -> Result<Box<dyn Ledger>, LedgerError> {
+pub async fn open(location: &Location, lock_timeout: Duration) -> Result<Box<dyn Ledger>, LedgerError> {
     match location {
         Location::Sqlite(path) => Ok(Box::new(SqliteLedger::open(path, lock_timeout)?)),
+        Location::Postgres { target, lease } => Ok(Box::new(PgLedger::open(target, *lease).await?)),
     }
 }
 
@@ -206,9 +289,12 @@ pub fn open(location: &Location, lock_timeout: Duration) -> Result<Box<dyn Ledge
 ///
 /// # Errors
 /// The ledger is not a ledger, or its schema is not this binary's.
-pub fn open_read_only(location: &Location) -> Result<Option<Box<dyn Ledger>>, LedgerError> {
+pub async fn open_read_only(location: &Location) -> Result<Option<Box<dyn Ledger>>, LedgerError> {
     match location {
         Location::Sqlite(path) => Ok(SqliteLedger::open_read_only(path)?.map(|ledger| Box::new(ledger) as _)),
+        Location::Postgres { target, .. } => {
+            Ok(PgLedger::open_read_only(target).await?.map(|ledger| Box::new(ledger) as _))
+        }
     }
 }
 
@@ -218,8 +304,8 @@ pub fn open_read_only(location: &Location) -> Result<Option<Box<dyn Ledger>>, Le
 ///
 /// # Errors
 /// As [`open_read_only`], or the record cannot be opened.
-pub fn open_dry_run(location: &Location, record: Option<&Path>) -> Result<Box<dyn Ledger>, LedgerError> {
-    let base = open_read_only(location)?;
+pub async fn open_dry_run(location: &Location, record: Option<&Path>) -> Result<Box<dyn Ledger>, LedgerError> {
+    let base = open_read_only(location).await?;
     let record = match record {
         Some(path) => SqliteLedger::open(path, Duration::ZERO)?,
         None => SqliteLedger::open_in_memory()?,

@@ -24,6 +24,10 @@ impl Overlay {
 
 #[async_trait]
 impl Ledger for Overlay {
+    fn schema_version(&self) -> i64 {
+        self.base.as_ref().map_or_else(|| self.record.schema_version(), |base| base.schema_version())
+    }
+
     fn describe(&self) -> String {
         match &self.base {
             Some(base) => format!("{} (read-only) + {}", base.describe(), self.record.describe()),

@@ -158,18 +158,14 @@ fn text_array<'k>(keys: impl Iterator<Item = &'k str>) -> Rc<Vec<Value>> {
     Rc::new(keys.map(|key| Value::Text(key.to_owned())).collect())
 }
 
-fn reason_text(state: KeyState) -> Option<&'static str> {
-    match state {
-        KeyState::SkippedTooOld => Some("too_old"),
-        KeyState::Dead => Some("dead"),
-        KeyState::Sent | KeyState::Unknown => None,
-    }
-}
-
 #[async_trait]
 impl Ledger for SqliteLedger {
     fn describe(&self) -> String {
         self.path.display().to_string()
+    }
+
+    fn schema_version(&self) -> i64 {
+        SCHEMA_VERSION
     }
 
     async fn states(&mut self, keys: &[&str]) -> Result<Vec<KeyState>, LedgerError> {
@@ -278,10 +274,7 @@ impl Ledger for SqliteLedger {
         reason: SkipReason<'_>,
         now_ms: i64,
     ) -> Result<(), LedgerError> {
-        let (reason_text, detail, action) = match reason {
-            SkipReason::TooOld => ("too_old", None, "recording too-old items"),
-            SkipReason::Dead { detail } => ("dead", Some(detail), "recording dead letters"),
-        };
+        let (reason_text, detail, action) = reason.columns();
         let write = |connection: &mut Connection| -> rusqlite::Result<()> {
             let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
@@ -328,7 +321,7 @@ impl Ledger for SqliteLedger {
 
     async fn keys(&mut self, state: KeyState) -> Result<Vec<String>, LedgerError> {
         let query = || -> rusqlite::Result<Vec<String>> {
-            let mut statement = match reason_text(state) {
+            let mut statement = match state.reason() {
                 Some(_) => {
                     self.connection.prepare("SELECT run_key FROM skipped_runs WHERE reason = ?1 ORDER BY run_key")?
                 }
@@ -337,7 +330,7 @@ impl Ledger for SqliteLedger {
                 }
                 None => return Ok(Vec::new()),
             };
-            let rows = statement.query_map([reason_text(state)], |row| row.get(0))?;
+            let rows = statement.query_map([state.reason()], |row| row.get(0))?;
             rows.collect()
         };
         query().map_err(|source| self.query_error("listing keys", source))

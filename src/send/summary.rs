@@ -33,6 +33,9 @@ pub struct Summary {
     /// Jobs read while `--jobs` was not given.
     pub not_requested: u64,
     pub duplicates: u64,
+    /// Items whose points another live invocation sharing the ledger (PostgreSQL) held longer
+    /// than `--claim-wait`: left to it, unsettled (no cursor moves past them).
+    pub claimed_elsewhere: u64,
     /// Completed longer ago than --max-age, recorded by this invocation.
     pub too_old: u64,
     /// Recorded as too old by an earlier invocation.
@@ -113,6 +116,12 @@ impl Summary {
         }
         if self.failed > 0 {
             parts.push(format!("{} run(s) NOT sent (left for the next invocation)", self.failed));
+        }
+        if self.claimed_elsewhere > 0 {
+            parts.push(format!(
+                "{} item(s) left to another invocation that holds their points (claimed in the shared ledger)",
+                self.claimed_elsewhere
+            ));
         }
         if self.github_requests > 0 {
             let mut github =

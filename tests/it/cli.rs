@@ -5,7 +5,7 @@ use crate::support::{Env, Intake, API_KEY};
 
 #[test]
 fn live_run_without_a_key_fails_before_doing_anything() {
-    let env = Env::new();
+    let env = Env::sqlite();
     let file = env.file("runs.json", fixtures::rest_run(&spec(1), fixtures::now()).to_string());
     let out = env.command(["send"]).arg(&file).run();
     out.expect_code(2);
@@ -93,7 +93,7 @@ fn one_bad_run_does_not_sink_the_file() {
 
 #[test]
 fn broken_ledger_exits_4() {
-    let env = Env::new();
+    let env = Env::sqlite();
     std::fs::create_dir_all(env.ledger().parent().unwrap()).unwrap();
     std::fs::write(env.ledger(), "not a database, only some text that is long enough to fill a header page").unwrap();
     let file = env.file("runs.json", fixtures::rest_run(&spec(1), fixtures::now()).to_string());
@@ -122,7 +122,7 @@ fn broken_ledger_exits_4() {
 
 #[test]
 fn ledger_list_and_verify_read_without_creating() {
-    let env = Env::new();
+    let env = Env::sqlite();
     let out = env.command(["ledger", "list"]).run();
     out.expect_code(0);
     assert!(out.stdout.is_empty() && out.stderr.contains("0 key(s)"), "{}", out.stderr);
@@ -134,7 +134,7 @@ fn ledger_list_and_verify_read_without_creating() {
 
 #[test]
 fn check_validates_the_key_and_opens_the_ledger() {
-    let env = Env::new();
+    let env = Env::sqlite();
     let intake = Intake::start();
     let out = env.command(["check"]).arg("--api-url").arg(intake.url()).var("DD_API_KEY", API_KEY).run();
     out.expect_code(0);

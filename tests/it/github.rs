@@ -490,7 +490,7 @@ fn spawn_pass(env: &Env, intake: &Intake, github: &GithubStandIn, extra: &[&str]
         .args(["send", "--github", REPO, "--github-api-url", &github.url(), "--since", "2h"])
         .args(["--api-url", &intake.url(), "--retry-delay-ms", "1", "--retry-max-delay-ms", "4"])
         .arg("--ledger")
-        .arg(env.ledger())
+        .arg(&env.ledger_arg)
         .arg("--log-dir")
         .arg(env.log_dir())
         .args(extra)
@@ -515,7 +515,7 @@ fn many_runs(github: &GithubStandIn, count: u64) {
 
 #[test]
 fn a_dry_run_calls_github_but_never_datadog_and_moves_no_cursor() {
-    let env = Env::new();
+    let env = Env::sqlite();
     let intake = Intake::start();
     let github = GithubStandIn::start();
     many_runs(&github, 30);
@@ -556,7 +556,9 @@ fn a_pass_killed_at_any_moment_loses_no_run() {
     many_runs(&github, 200);
     for arrival in [0, 3, 7] {
         // Killed (kill -9) as its request `arrival` (counted from 0) reaches the intake.
-        let child = spawn_pass(&env, &intake, &github, &["--batch-size", "10", "--concurrency", "1"]);
+        // A shared ledger: the claims of a killed pass lapse within two seconds.
+        let child =
+            spawn_pass(&env, &intake, &github, &["--batch-size", "10", "--concurrency", "1", "--claim-lease", "2"]);
         let pid = child.id();
         let seen = std::sync::atomic::AtomicUsize::new(0);
         // In the intake's handler, before it answers: the request is in flight when it dies.

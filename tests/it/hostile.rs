@@ -137,7 +137,7 @@ fn a_ledger_in_a_read_only_place_exits_4_before_sending() {
 #[test]
 fn a_full_disk_for_the_run_log_is_reported_with_exit_1() {
     let now = fixtures::now();
-    let env = Env::new();
+    let env = Env::sqlite();
     let specs: Vec<_> = (1..=300).map(spec).collect();
     let file = env.file("runs.json", fixtures::rest_page(&specs, now).to_string());
     // RLIMIT_FSIZE of 16 KiB stands in for a full disk (EFBIG instead of ENOSPC); the dry run keeps

@@ -1,5 +1,7 @@
-//! Integration tests: the real binary, a real SQLite file in a temp dir, and a strict stand-in for
-//! Datadog's intake on 127.0.0.1. One test binary (matklad's "Delete Cargo Integration Tests").
+//! Integration tests: the real binary, a real ledger (a SQLite file in a temp dir, or a fresh
+//! database on a real PostgreSQL server with `WORKFLOW_METRICS_TEST_LEDGER=postgres`: the suite
+//! runs against both), and a strict stand-in for Datadog's intake on 127.0.0.1. One test binary
+//! (matklad's "Delete Cargo Integration Tests").
 
 mod cli;
 mod github;
@@ -7,4 +9,5 @@ mod hostile;
 mod reliability;
 mod send;
 mod shapes;
+mod shared;
 mod support;

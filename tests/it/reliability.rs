@@ -11,7 +11,7 @@ use crate::support::{kill, Env, Intake, Reply, API_KEY, BIN};
 const TOTAL: &str = "github.actions.workflow_run.total";
 
 /// `n` completed runs, each on its own branch, so every accepted point names its run.
-fn tagged_runs(env: &Env, n: u64, name: &str) -> (String, BTreeSet<String>) {
+pub(crate) fn tagged_runs(env: &Env, n: u64, name: &str) -> (String, BTreeSet<String>) {
     let now = fixtures::now();
     let mut text = String::new();
     let mut branches = BTreeSet::new();
@@ -27,7 +27,7 @@ fn tagged_runs(env: &Env, n: u64, name: &str) -> (String, BTreeSet<String>) {
 }
 
 /// The branch tag of each accepted `total` point, with how often it arrived.
-fn accepted_branches(intake: &Intake) -> BTreeMap<String, usize> {
+pub(crate) fn accepted_branches(intake: &Intake) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
     for point in intake.accepted().into_iter().filter(|p| p.metric == TOTAL) {
         let branch = point.tags.iter().find(|t| t.starts_with("branch:")).cloned().expect("branch tag");
@@ -41,13 +41,13 @@ fn accepted_set(intake: &Intake) -> BTreeSet<String> {
     accepted_branches(intake).into_keys().collect()
 }
 
-fn spawn(env: &Env, intake: &Intake, args: &[&str]) -> Child {
+pub(crate) fn spawn(env: &Env, intake: &Intake, args: &[&str]) -> Child {
     Command::new(BIN)
         .current_dir(env.dir.path())
         .arg("send")
         .args(args)
         .arg("--ledger")
-        .arg(env.ledger())
+        .arg(&env.ledger_arg)
         .arg("--log-dir")
         .arg(env.log_dir())
         .args(["--api-url", &intake.url(), "--retry-delay-ms", "1", "--retry-max-delay-ms", "4", "--jitter-seed", "3"])
@@ -206,7 +206,8 @@ fn kill_9_at_random_moments_loses_no_run() {
     let args = ["--batch-size", "25", "--concurrency", "2"];
     let mut rng = fastrand::Rng::with_seed(20261122);
     for round in 0..10 {
-        let mut child = spawn(&env, &intake, &[&file, args[0], args[1], args[2], args[3]]);
+        // A shared ledger: the claims of a killed child lapse within two seconds.
+        let mut child = spawn(&env, &intake, &[&file, args[0], args[1], args[2], args[3], "--claim-lease", "2"]);
         let pid = child.id();
         if round % 2 == 0 {
             // Killed while the intake holds the k-th request from now: before or after accepting it.
@@ -271,7 +272,8 @@ fn a_crashed_invocation_leaves_nothing_stuck() {
     let intake = Intake::start();
     let (file, branches) = tagged_runs(&env, 20, "runs.ndjson");
     // Killed while its only request is in flight, holding the ledger.
-    let child = spawn(&env, &intake, &[&file]);
+    // A shared ledger: the claims of the killed child lapse within two seconds.
+    let child = spawn(&env, &intake, &[&file, "--claim-lease", "2"]);
     intake.kill_on_arrival(child.id());
     child.wait_with_output().unwrap();
     intake.clear_hook();
@@ -283,7 +285,7 @@ fn a_crashed_invocation_leaves_nothing_stuck() {
 
 #[test]
 fn a_live_invocation_holds_the_ledger_until_it_ends() {
-    let env = Env::new();
+    let env = Env::sqlite();
     let intake = Intake::start();
     let (file, _) = tagged_runs(&env, 5, "runs.ndjson");
     let receiver = intake.arrivals();

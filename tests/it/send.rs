@@ -27,7 +27,7 @@ fn second_invocation_sends_nothing() {
 fn dry_run_sends_and_marks_nothing_and_needs_no_key() {
     let now = fixtures::now();
     let runs = [spec(1), spec(2), spec(3).in_progress()];
-    let env = Env::new();
+    let env = Env::sqlite();
     let intake = Intake::start();
     let file = env.file("runs.json", fixtures::rest_page(&runs, now).to_string());
     // No DD_API_KEY, but --api-url set: nothing may reach it.
@@ -57,7 +57,7 @@ fn dry_run_sends_and_marks_nothing_and_needs_no_key() {
 #[test]
 fn dry_run_record_shows_only_what_is_new() {
     let now = fixtures::now();
-    let env = Env::new();
+    let env = Env::sqlite();
     let record = env.path("dry.db");
     let first = env.file("first.json", fixtures::rest_page(&[spec(1)], now).to_string());
     let both = env.file("both.json", fixtures::rest_page(&[spec(1), spec(2)], now).to_string());
@@ -316,7 +316,7 @@ fn oversized_requests_are_split_within_datadog_limits() {
 #[test]
 fn run_log_records_everything_and_never_the_key() {
     let now = fixtures::now();
-    let env = Env::new();
+    let env = Env::sqlite();
     let intake = Intake::start();
     let runs = [spec(1), spec(2).in_progress(), spec(3).ago(7200)];
     let file = env.file("runs.json", fixtures::rest_page(&runs, now).to_string());

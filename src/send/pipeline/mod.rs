@@ -34,7 +34,7 @@ use super::summary::{peak_rss_bytes, Summary};
 use crate::config::SendConfig;
 use crate::datadog::Client;
 use crate::error::{send_exit_code, Halt};
-use crate::ledger::{self, KeyState, Ledger, LedgerError, SkipReason, SkippedItem};
+use crate::ledger::{self, Claim, KeyState, Ledger, LedgerError, SkipReason, SkippedItem};
 use crate::metrics::{self, Age, Planned, SentPoint};
 use crate::model::{Item, Quota, Validated};
 use crate::runlog::{self, RunLog};
@@ -43,6 +43,9 @@ use crate::source::{self, FileSource, Message, Source};
 
 /// Invalid records reported on stderr one by one before they are only counted.
 const WARN_LIMIT: u64 = 10;
+
+/// How often points another invocation holds are asked for again (a shared ledger).
+const CLAIM_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Runs the whole `send` over the inputs of `config`: reads, filters, converts, posts, marks, logs.
 ///
@@ -79,9 +82,9 @@ pub async fn send_from(
     // Stage 0: open the ledger (a dry run reads it and writes only to memory or its own record),
     // the client (none in a dry run), and listen for SIGINT/SIGTERM.
     let mut ledger = if config.dry_run {
-        ledger::open_dry_run(&config.ledger, config.dry_run_record.as_deref())?
+        ledger::open_dry_run(&config.ledger, config.dry_run_record.as_deref()).await?
     } else {
-        ledger::open(&config.ledger, config.lock_timeout)?
+        ledger::open(&config.ledger, config.lock_timeout).await?
     };
     // Sources that keep cursors resume from what the ledger kept (a dry run: its record first).
     for source in &mut sources {
@@ -111,6 +114,9 @@ pub async fn send_from(
         inflight_items: HashMap::new(),
         inflight_counts: FastMap::default(),
         deferred: Vec::new(),
+        contended: Vec::new(),
+        contended_since: FastMap::default(),
+        retrying: false,
         next_request: 1,
         planner: metrics::Planner::new(config.spec.clone()),
         spec: Arc::new(config.spec.clone()),
@@ -134,7 +140,10 @@ pub async fn send_from(
         let mark = Instant::now();
         pipeline.dispatch_ready(input_done).await;
         timings.dispatch += mark.elapsed();
-        let drained = pipeline.buffer.is_empty() && pipeline.split_queue.is_empty() && pipeline.deferred.is_empty();
+        let drained = pipeline.buffer.is_empty()
+            && pipeline.split_queue.is_empty()
+            && pipeline.deferred.is_empty()
+            && pipeline.contended.is_empty();
         if pipeline.inflight.is_empty() && (pipeline.halt.is_some() || (input_done && drained)) {
             break;
         }
@@ -147,6 +156,13 @@ pub async fn send_from(
                         pipeline.stop_on_signal(code);
                     }
                 }
+            }
+            // Points another invocation held: asked for again once the input is read and what was
+            // free is on its way (by then their holder has mostly sent them), then now and then.
+            () = tokio::time::sleep(CLAIM_RETRY),
+                if !pipeline.contended.is_empty() && pipeline.halt.is_none() && input_done
+                    && pipeline.buffer.is_empty() && pipeline.split_queue.is_empty() => {
+                pipeline.retry_contended().await;
             }
             Some(done) = pipeline.inflight.join_next(), if !pipeline.inflight.is_empty() => {
                 timings.waiting += mark.elapsed();
@@ -262,6 +278,14 @@ struct Pipeline<'a> {
     /// carrying one point must not race.
     inflight_counts: FastMap<i64, u32>,
     deferred: Vec<Planned>,
+    /// A shared ledger: items whose points another invocation holds, since when, waiting for
+    /// them (up to `--claim-wait`).
+    contended: Vec<(Instant, Vec<Planned>)>,
+    /// When each point in `contended` was first found held once retries began.
+    contended_since: FastMap<i64, Instant>,
+    /// Whether retries of contended items began (the wait is counted from then: an early item
+    /// of a long input must not time out while the input is still being read).
+    retrying: bool,
     planner: metrics::Planner,
     /// Number of the next request (numbers of requests split before posting are not reused).
     next_request: u64,
@@ -421,6 +445,15 @@ impl Pipeline<'_> {
         if items.is_empty() || self.halt.is_some() {
             return;
         }
+        // A shared ledger: claim the points first, and look the items up again once claimed.
+        let items = if self.ledger.shared() {
+            match self.claim(items, now_ms).await {
+                Some(items) if !items.is_empty() => items,
+                _ => return,
+            }
+        } else {
+            items
+        };
         // Points are written on top of what earlier requests delivered to them (counts summed,
         // the largest gauges), wherever those items stood in the input.
         let points: Vec<(i64, i64)> = items.iter().map(|planned| (planned.timestamp, planned.point_key)).collect();
@@ -455,6 +488,104 @@ impl Pipeline<'_> {
             log_detail: self.config.log_detail,
         };
         self.inflight.spawn(task.run());
+    }
+
+    /// Claims the points of `items` in the shared ledger. Items whose points another invocation
+    /// holds wait in `contended`; items it sent meanwhile (found again in the ledger) are settled
+    /// as already sent. What is left to send, or `None` when the ledger failed.
+    async fn claim(&mut self, items: Vec<Planned>, now_ms: i64) -> Option<Vec<Planned>> {
+        let claims: Vec<Claim> =
+            items.iter().map(|planned| Claim { timestamp: planned.timestamp, point_key: planned.point_key }).collect();
+        let granted = match self.ledger.claim(&claims, now_ms).await {
+            Ok(granted) => granted,
+            Err(error) => {
+                self.abandon(items, &error).await;
+                return None;
+            }
+        };
+        let mut granted = granted.into_iter();
+        let (items, held): (Vec<Planned>, Vec<Planned>) =
+            items.into_iter().partition(|_| granted.next().unwrap_or(false));
+        for planned in &items {
+            self.contended_since.remove(&planned.point_key);
+        }
+        if !held.is_empty() {
+            // The wait counts from when a point was first found held, however often it is retried.
+            let now = Instant::now();
+            let since = held
+                .iter()
+                .map(|planned| *self.contended_since.entry(planned.point_key).or_insert(now))
+                .min()
+                .unwrap_or(now);
+            self.log.note(&format!("note: {} item(s) wait for points another invocation holds", held.len()));
+            self.contended.push((since, held));
+        }
+        if items.is_empty() {
+            return Some(items);
+        }
+        // Another invocation may have sent or recorded some of them between the first look-up
+        // and the claim: they are settled here, not sent twice.
+        let keys: Vec<&str> = items.iter().map(|planned| planned.item.key()).collect();
+        let states = match self.ledger.states(&keys).await {
+            Ok(states) => states,
+            Err(error) => {
+                self.abandon(items, &error).await;
+                return None;
+            }
+        };
+        // Sent or dead-lettered meanwhile: settled. (Recorded too old by another invocation:
+        // this one planned it to send, with --historical, --stamp-now or its own clock.)
+        let mut states = states.into_iter();
+        let (items, settled): (Vec<Planned>, Vec<Planned>) =
+            items.into_iter().partition(|_| !matches!(states.next(), Some(KeyState::Sent | KeyState::Dead)));
+        if !settled.is_empty() {
+            for planned in &settled {
+                self.summary.already_sent += 1;
+                self.log.skip("already_sent", planned.item.key(), Some("by another invocation"));
+                self.pending_keys.remove(planned.item.key());
+                self.checkpoints.settle(planned.chunk);
+            }
+            let kept: FastSet<i64> = items.iter().map(|planned| planned.point_key).collect();
+            let unused: Vec<Claim> = settled
+                .iter()
+                .filter(|planned| !kept.contains(&planned.point_key))
+                .map(|planned| Claim { timestamp: planned.timestamp, point_key: planned.point_key })
+                .collect();
+            if let Err(error) = self.ledger.release(&unused).await {
+                tracing::warn!(error = %crate::error_chain(&error), "could not release claims; they lapse with their lease");
+            }
+            self.save_cursors().await;
+        }
+        Some(items)
+    }
+
+    /// Items that waited for points another invocation held are tried again; those that waited
+    /// longer than `--claim-wait` are left to it (unsettled: no cursor moves past them).
+    async fn retry_contended(&mut self) {
+        if !self.retrying {
+            self.retrying = true;
+            self.contended_since.clear();
+            let now = Instant::now();
+            for (since, _) in &mut self.contended {
+                *since = now;
+            }
+        }
+        let wait = self.config.claim_wait;
+        for (since, items) in std::mem::take(&mut self.contended) {
+            if since.elapsed() >= wait {
+                self.summary.claimed_elsewhere += items.len() as u64;
+                for planned in &items {
+                    self.log.skip("claimed_elsewhere", planned.item.key(), None);
+                    self.pending_keys.remove(planned.item.key());
+                    self.contended_since.remove(&planned.point_key);
+                }
+                tracing::warn!(items = items.len(), "points held by another invocation past --claim-wait: left to it");
+            } else {
+                self.split_queue.push_back(items);
+            }
+        }
+        // Re-queued items are claimed again as they are dispatched.
+        self.dispatch_ready(false).await;
     }
 
     fn stop_on_signal(&mut self, code: i32) {
@@ -527,6 +658,9 @@ impl Pipeline<'_> {
             .collect();
         self.summary.failed += abandoned.len() as u64;
         self.let_go(&abandoned).await;
+        if let Err(error) = self.ledger.release_all().await {
+            tracing::warn!(error = %crate::error_chain(&error), "could not release claims; they lapse with their lease");
+        }
         let summary = &mut self.summary;
         let bad_input = summary.invalid > 0 || summary.dead_letters > 0 || !summary.errors.is_empty();
         summary.exit_code = send_exit_code(self.halt.as_ref(), summary.failed + summary.unavailable, bad_input);

@@ -11,7 +11,7 @@ use chrono::Utc;
 use super::Pipeline;
 use crate::datadog::{self, DatadogError};
 use crate::error::Halt;
-use crate::ledger::{LedgerError, SentItem, SkipReason, SkippedItem};
+use crate::ledger::{Claim, LedgerError, SentItem, SkipReason, SkippedItem};
 use crate::metrics::{self, Planned};
 use crate::model::{Entity, Quota};
 use crate::retry;
@@ -218,6 +218,16 @@ impl Pipeline<'_> {
         }
         if self.config.marks_before_request() {
             self.unmark(runs).await;
+        }
+        // A shared ledger: their points are free for others again, without waiting for the lease.
+        if self.ledger.shared() && !runs.is_empty() {
+            let claims: Vec<Claim> = runs
+                .iter()
+                .map(|planned| Claim { timestamp: planned.timestamp, point_key: planned.point_key })
+                .collect();
+            if let Err(error) = self.ledger.release(&claims).await {
+                tracing::warn!(error = %crate::error_chain(&error), "could not release claims; they lapse with their lease");
+            }
         }
     }
 

@@ -3,6 +3,7 @@
 pub mod fixtures;
 pub mod github;
 pub mod intake;
+pub mod postgres;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,14 +13,35 @@ pub use intake::{Intake, Reply, API_KEY};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_workflow-metrics");
 
-/// A temp folder with a ledger path and a log folder, and a way to run the binary in it.
+/// A temp folder with a ledger and a log folder, and a way to run the binary in it.
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// `--ledger`: a SQLite file in `dir`, or a fresh PostgreSQL database.
+    pub ledger_arg: String,
 }
 
 impl Env {
+    /// The ledger the suite runs against: SQLite, or PostgreSQL when
+    /// `WORKFLOW_METRICS_TEST_LEDGER=postgres` (`scripts/test` runs the suite both ways).
+    #[allow(clippy::disallowed_methods, reason = "scripts/test picks the ledger of the suite")]
     pub fn new() -> Env {
-        Env { dir: tempfile::tempdir().expect("temp dir") }
+        match std::env::var("WORKFLOW_METRICS_TEST_LEDGER").as_deref() {
+            Ok("postgres") => Env::postgres(),
+            Ok("sqlite") | Err(_) => Env::sqlite(),
+            Ok(other) => panic!("WORKFLOW_METRICS_TEST_LEDGER={other}: expected sqlite or postgres"),
+        }
+    }
+
+    /// A SQLite ledger, whatever the suite runs against (tests of the file, its lock...).
+    pub fn sqlite() -> Env {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ledger_arg = dir.path().join("cache/metrics.db").to_string_lossy().into_owned();
+        Env { dir, ledger_arg }
+    }
+
+    /// A fresh PostgreSQL database on the test server.
+    pub fn postgres() -> Env {
+        Env { dir: tempfile::tempdir().expect("temp dir"), ledger_arg: postgres::fresh_database() }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -138,19 +160,27 @@ impl<'e> Run<'e> {
         let mut command = Command::new(BIN);
         command.current_dir(self.env.dir.path()).args(&self.args);
         if self.defaults {
-            let ledger = self.env.ledger();
             let log_dir = self.env.log_dir();
             let is_send = self.args.first().is_some_and(|a| a == "send");
             if self.args.first().is_some_and(|a| a == "send" || a == "check" || a == "ledger") {
-                command.arg("--ledger").arg(ledger);
+                command.arg("--ledger").arg(&self.env.ledger_arg);
             }
             if is_send {
                 command.arg("--log-dir").arg(log_dir);
             }
         }
-        for name in
-            ["DD_API_KEY", "DD_SITE", "GITHUB_EVENT_PATH", "RUST_LOG", "GITHUB_TOKEN", "GH_TOKEN", "GITHUB_API_URL"]
-        {
+        for name in [
+            "DD_API_KEY",
+            "DD_SITE",
+            "GITHUB_EVENT_PATH",
+            "RUST_LOG",
+            "GITHUB_TOKEN",
+            "GH_TOKEN",
+            "GITHUB_API_URL",
+            "WORKFLOW_METRICS_LEDGER",
+            "PGPASSWORD",
+            "PGPASSFILE",
+        ] {
             command.env_remove(name);
         }
         command.envs(self.vars.iter().map(|(k, v)| (k, v)));

@@ -1,0 +1,804 @@
+//! The PostgreSQL ledger: one database that many invocations on many machines share
+//! (`--ledger postgres://user@host:port/db`), with `tokio-postgres`.
+//!
+//! Tables (PostgreSQL schema version [`PG_SCHEMA_VERSION`], in `workflow_metrics_schema`): the
+//! SQLite ledger's `sent_metrics`, `skipped_runs` and `cursors`, with the same columns (`gauges`
+//! is `bytea`, the same blob, see `super::encode_values`), and `claims`: the points (timestamp,
+//! point key) an invocation is sending, with its name and when its lease ends. Many writers at
+//! once: nothing here takes a lock for the whole invocation. Instead an invocation claims the
+//! points of the items it is about to send ([`Ledger::claim`]); a point another live invocation
+//! holds is not sent twice, and a claim of an invocation that died (kill -9, a lost machine)
+//! lapses when its lease ends. Marks and the release of their claims are one transaction.
+//!
+//! Every statement is prepared once per connection and batched with `unnest` arrays: one round
+//! trip per request of items, never one per item. A lost connection is retried with backoff (all
+//! writes are idempotent, so a commit whose answer was lost is safely redone); when the database
+//! stays away past the deadline, the error stops the invocation, which records nothing it could
+//! not record (see the README's exit codes).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio_postgres::{Client, Statement};
+
+use super::{
+    decode_values, encode_values, Claim, Counts, DeadLetter, KeyState, Ledger, LedgerError, SentItem, SkipReason,
+    SkippedItem, VALUES_BYTES,
+};
+use crate::metrics::SentPoint;
+
+/// Ordered migrations of the PostgreSQL schema; entry N takes it from version N to N+1. Run in
+/// one transaction under an advisory lock, so two invocations starting at once migrate once.
+const MIGRATIONS: &[&str] = &[
+    // 1: the ledger as SQLite's schema 5 has it, and claims for many writers.
+    "CREATE TABLE sent_metrics (
+         run_key      text PRIMARY KEY,
+         point_key    bigint NOT NULL,
+         completed_at bigint NOT NULL,
+         sent_at      bigint NOT NULL,
+         gauges       bytea
+     );
+     CREATE INDEX sent_metrics_point ON sent_metrics (completed_at, point_key);
+     CREATE TABLE skipped_runs (
+         run_key      text PRIMARY KEY,
+         reason       text NOT NULL,
+         completed_at bigint NOT NULL,
+         recorded_at  bigint NOT NULL,
+         detail       text
+     );
+     CREATE TABLE cursors (
+         scope    text PRIMARY KEY,
+         cursor   text NOT NULL,
+         saved_at bigint NOT NULL
+     );
+     CREATE TABLE claims (
+         completed_at bigint NOT NULL,
+         point_key    bigint NOT NULL,
+         owner        text NOT NULL,
+         expires_at   bigint NOT NULL,
+         PRIMARY KEY (completed_at, point_key)
+     );
+     CREATE INDEX claims_owner ON claims (owner);",
+];
+
+/// The PostgreSQL schema version this binary writes.
+pub const PG_SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The advisory lock key that serialises migrations: "wfmetric" in ASCII.
+const MIGRATION_LOCK: i64 = 0x7766_6d65_7472_6963;
+
+/// Where a PostgreSQL ledger is: the connection settings (with the password, if any) and the
+/// URL as shown everywhere, which never carries it.
+#[derive(Clone)]
+pub struct PgTarget {
+    config: tokio_postgres::Config,
+    shown: String,
+}
+
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PgTarget").field(&self.shown).finish()
+    }
+}
+
+impl std::fmt::Display for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+/// Whether `text` names a PostgreSQL ledger rather than a SQLite file.
+pub fn is_url(text: &str) -> bool {
+    text.starts_with("postgres://") || text.starts_with("postgresql://")
+}
+
+impl PgTarget {
+    /// Reads a `postgres://` URL (libpq's syntax, `sslmode` and all). Without a password in the
+    /// URL, `env_password` (`PGPASSWORD`) serves, else the first matching line of `pgpass` (the
+    /// content of `~/.pgpass` or `PGPASSFILE`), as libpq does.
+    ///
+    /// # Errors
+    /// The URL is not one libpq would take; the message never repeats it (it may hold a password).
+    pub fn parse(url: &str, env_password: Option<&str>, pgpass: Option<&str>) -> Result<PgTarget, String> {
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|error| format!("not a PostgreSQL URL libpq would take ({error})"))?;
+        if config.get_user().is_none_or(str::is_empty) {
+            return Err("the URL names no user (postgres://USER@HOST/DATABASE)".to_owned());
+        }
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            #[cfg(unix)]
+            Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+            None => {
+                config.host("localhost");
+                "localhost".to_owned()
+            }
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let user = config.get_user().unwrap_or_default().to_owned();
+        let database = config.get_dbname().map_or_else(|| user.clone(), str::to_owned);
+        if config.get_password().is_none() {
+            let found = env_password
+                .map(str::to_owned)
+                .or_else(|| pgpass.and_then(|text| pgpass_lookup(text, &host, port, &database, &user)));
+            if let Some(password) = found {
+                config.password(password);
+            }
+        }
+        config.application_name("workflow-metrics");
+        config.connect_timeout(Duration::from_secs(10));
+        let shown = format!("postgres://{user}@{host}:{port}/{database}");
+        Ok(PgTarget { config, shown })
+    }
+}
+
+/// The password of the first `~/.pgpass` line matching (host:port:database:user:password, `*`
+/// for any, `\` escaping `:` and `\`).
+fn pgpass_lookup(text: &str, host: &str, port: u16, database: &str, user: &str) -> Option<String> {
+    let port = port.to_string();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let mut fields = Vec::with_capacity(5);
+        let mut field = String::new();
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => field.extend(chars.next()),
+                ':' if fields.len() < 4 => fields.push(std::mem::take(&mut field)),
+                c => field.push(c),
+            }
+        }
+        fields.push(field);
+        if fields.len() != 5 {
+            continue;
+        }
+        let matches = |pattern: &str, value: &str| pattern == "*" || pattern == value;
+        if matches(&fields[0], host)
+            && matches(&fields[1], &port)
+            && matches(&fields[2], database)
+            && matches(&fields[3], user)
+        {
+            return fields.pop();
+        }
+    }
+    None
+}
+
+/// One connection and the statements prepared on it.
+struct Conn {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+impl Conn {
+    async fn prepared(&mut self, sql: &'static str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).await?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+}
+
+/// Runs `$body` (an expression of `Result<T, tokio_postgres::Error>` using `$conn: &mut Conn`) on
+/// the ledger's connection, connecting first when there is none, and again (with backoff, up to
+/// the reconnect deadline) when the connection is lost. Errors that are not about the connection
+/// stand at once. A macro, not a function taking a closure: the futures stay `Send` for
+/// `async_trait`.
+macro_rules! with_conn {
+    ($ledger:ident, $action:expr, |$conn:ident| $body:expr) => {{
+        let started = Instant::now();
+        let mut wait = Duration::from_millis(100);
+        loop {
+            if $ledger.conn.is_none() {
+                match $ledger.connect().await {
+                    Ok(conn) => $ledger.conn = Some(conn),
+                    Err(error) => match $ledger.retry_after(error, started, &mut wait, $action).await {
+                        Ok(()) => continue,
+                        Err(error) => break Err(error),
+                    },
+                }
+            }
+            let $conn: &mut Conn = $ledger.conn.as_mut().expect("connected above");
+            let result: Result<_, tokio_postgres::Error> = async { $body }.await;
+            match result {
+                Ok(value) => break Ok(value),
+                Err(error) => match $ledger.retry_after(error, started, &mut wait, $action).await {
+                    Ok(()) => continue,
+                    Err(error) => break Err(error),
+                },
+            }
+        }
+    }};
+}
+
+/// A ledger in a PostgreSQL database.
+pub struct PgLedger {
+    target: PgTarget,
+    conn: Option<Conn>,
+    /// This invocation's name in `claims.owner`: host, process and a random part.
+    owner: String,
+    /// How long a claim lasts unless its holder marks or releases it first.
+    lease: Duration,
+    /// How long a lost connection is retried before the error stands.
+    reconnect_deadline: Duration,
+}
+
+impl PgLedger {
+    /// Connects, creating and migrating the schema when needed (safe when several invocations
+    /// start at once). `lease` is how long this invocation's claims last.
+    ///
+    /// # Errors
+    /// The database cannot be reached past the reconnect deadline, refuses the credentials or
+    /// the permissions the schema needs, or holds a newer schema.
+    pub async fn open(target: &PgTarget, lease: Duration) -> Result<PgLedger, LedgerError> {
+        let mut ledger = PgLedger::new(target, lease);
+        ledger.migrate().await?;
+        Ok(ledger)
+    }
+
+    /// Connects to read: `None` when the database has no ledger yet; nothing created.
+    ///
+    /// # Errors
+    /// As [`PgLedger::open`], or the schema is not this binary's.
+    pub async fn open_read_only(target: &PgTarget) -> Result<Option<PgLedger>, LedgerError> {
+        let mut ledger = PgLedger::new(target, Duration::ZERO);
+        let found = with_conn!(ledger, "reading the schema version", |conn| {
+            let exists: bool =
+                conn.client.query_one("SELECT to_regclass('workflow_metrics_schema') IS NOT NULL", &[]).await?.get(0);
+            if !exists {
+                return Ok(None);
+            }
+            let version: i64 = conn.client.query_one("SELECT version FROM workflow_metrics_schema", &[]).await?.get(0);
+            Ok(Some(version))
+        })?;
+        match found {
+            None => Ok(None),
+            Some(found) if found > PG_SCHEMA_VERSION => Err(LedgerError::TooNew { path: target.to_string(), found }),
+            Some(found) if found < PG_SCHEMA_VERSION => {
+                Err(LedgerError::NeedsMigration { path: target.to_string(), found })
+            }
+            Some(_) => Ok(Some(ledger)),
+        }
+    }
+
+    fn new(target: &PgTarget, lease: Duration) -> PgLedger {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let owner = format!("{}:{}:{:016x}", host.trim(), std::process::id(), fastrand::u64(..));
+        PgLedger { target: target.clone(), conn: None, owner, lease, reconnect_deadline: Duration::from_secs(60) }
+    }
+
+    /// This invocation's name in `claims.owner`.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    async fn connect(&self) -> Result<Conn, tokio_postgres::Error> {
+        let config = &self.target.config;
+        let client = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(async move { drop(connection.await) });
+            client
+        } else {
+            let (client, connection) = config.connect(tls()).await?;
+            tokio::spawn(async move { drop(connection.await) });
+            client
+        };
+        Ok(Conn { client, statements: HashMap::new() })
+    }
+
+    /// After `error`: whether to try again (the connection was lost and the deadline is not
+    /// past: the connection is dropped and the wait slept), or the error that stands.
+    async fn retry_after(
+        &mut self,
+        error: tokio_postgres::Error,
+        started: Instant,
+        wait: &mut Duration,
+        action: &'static str,
+    ) -> Result<(), LedgerError> {
+        // Refused credentials or a missing database stand at once; a lost connection is retried.
+        let lost = is_connection_error(&error) || self.conn.as_ref().is_some_and(|conn| conn.client.is_closed());
+        if !lost || started.elapsed() + *wait > self.reconnect_deadline {
+            return Err(self.error(action, error));
+        }
+        tracing::warn!(ledger = %self.target, error = %crate::error::error_chain(&error), "the ledger's database is unreachable; retrying");
+        self.conn = None;
+        tokio::time::sleep(*wait).await;
+        *wait = (*wait * 2).min(Duration::from_secs(5));
+        Ok(())
+    }
+
+    fn error(&self, action: &'static str, source: tokio_postgres::Error) -> LedgerError {
+        LedgerError::Query { path: self.target.to_string(), action, source: Box::new(source) }
+    }
+
+    async fn migrate(&mut self) -> Result<(), LedgerError> {
+        let target = self.target.to_string();
+        // Up to date (the usual case): no DDL, so a role with only the rights to read and write
+        // the tables (a schema its DBA created) runs too.
+        let current = with_conn!(self, "reading the schema version", |conn| {
+            let exists: bool =
+                conn.client.query_one("SELECT to_regclass('workflow_metrics_schema') IS NOT NULL", &[]).await?.get(0);
+            if !exists {
+                return Ok(None);
+            }
+            let row = conn.client.query_one("SELECT max(version) FROM workflow_metrics_schema", &[]).await?;
+            Ok(row.get::<_, Option<i64>>(0))
+        })?;
+        if current == Some(PG_SCHEMA_VERSION) {
+            return Ok(());
+        }
+        let found = with_conn!(self, "creating or migrating the schema", |conn| {
+            let transaction = conn.client.transaction().await?;
+            transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+            transaction
+                .batch_execute("CREATE TABLE IF NOT EXISTS workflow_metrics_schema (version bigint NOT NULL)")
+                .await?;
+            let found: Option<i64> =
+                transaction.query_opt("SELECT version FROM workflow_metrics_schema", &[]).await?.map(|row| row.get(0));
+            let found = found.unwrap_or(0);
+            if found > PG_SCHEMA_VERSION {
+                return Ok(found);
+            }
+            for migration in MIGRATIONS.iter().skip(usize::try_from(found).unwrap_or(0)) {
+                transaction.batch_execute(migration).await?;
+            }
+            transaction.execute("DELETE FROM workflow_metrics_schema", &[]).await?;
+            transaction
+                .execute("INSERT INTO workflow_metrics_schema (version) VALUES ($1)", &[&PG_SCHEMA_VERSION])
+                .await?;
+            transaction.commit().await?;
+            Ok(found)
+        })?;
+        if found > PG_SCHEMA_VERSION {
+            return Err(LedgerError::TooNew { path: target, found });
+        }
+        Ok(())
+    }
+}
+
+/// The TLS connector for `sslmode=prefer|require`: rustls with the Mozilla roots.
+fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
+    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+}
+
+/// Whether `error` is about the connection (gone, refused, reset) rather than the statement.
+fn is_connection_error(error: &tokio_postgres::Error) -> bool {
+    if error.is_closed() {
+        return true;
+    }
+    if let Some(db) = error.as_db_error() {
+        // Class 08: connection exceptions; 57P01-57P03: the server shutting down or starting.
+        let code = db.code().code();
+        return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03");
+    }
+    // No server error: an I/O error on the socket.
+    std::error::Error::source(error).is_some_and(|source| source.is::<std::io::Error>())
+}
+
+#[async_trait]
+impl Ledger for PgLedger {
+    fn describe(&self) -> String {
+        self.target.to_string()
+    }
+
+    fn schema_version(&self) -> i64 {
+        PG_SCHEMA_VERSION
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn states(&mut self, keys: &[&str]) -> Result<Vec<KeyState>, LedgerError> {
+        let count = keys.len();
+        with_conn!(self, "looking up keys", |conn| {
+            let statement = conn
+                .prepared(
+                    "SELECT k.i, 'sent' FROM unnest($1::text[]) WITH ORDINALITY AS k(key, i)
+                       WHERE EXISTS (SELECT 1 FROM sent_metrics s WHERE s.run_key = k.key)
+                     UNION ALL
+                     SELECT k.i, t.reason FROM unnest($1::text[]) WITH ORDINALITY AS k(key, i)
+                       JOIN skipped_runs t ON t.run_key = k.key",
+                )
+                .await?;
+            let mut states = vec![KeyState::Unknown; count];
+            for row in conn.client.query(&statement, &[&keys]).await? {
+                let index = usize::try_from(row.get::<_, i64>(0) - 1).unwrap_or(usize::MAX);
+                let Some(state) = states.get_mut(index) else { continue };
+                *state = match (*state, row.get::<_, &str>(1)) {
+                    (KeyState::Sent, _) | (_, "sent") => KeyState::Sent,
+                    (_, "dead") => KeyState::Dead,
+                    _ => KeyState::SkippedTooOld,
+                };
+            }
+            Ok(states)
+        })
+    }
+
+    async fn sent_points(&mut self, points: &[(i64, i64)]) -> Result<HashMap<i64, SentPoint>, LedgerError> {
+        let mut seen = foldhash::HashSet::default();
+        let (timestamps, point_keys): (Vec<i64>, Vec<i64>) =
+            points.iter().copied().filter(|(_, point_key)| seen.insert(*point_key)).unzip();
+        with_conn!(self, "reading sent points", |conn| {
+            let statement = conn
+                .prepared(
+                    "SELECT s.point_key, s.gauges FROM unnest($1::bigint[], $2::bigint[]) AS p(completed_at, point_key)
+                       JOIN sent_metrics s ON s.completed_at = p.completed_at AND s.point_key = p.point_key",
+                )
+                .await?;
+            let mut sent: HashMap<i64, SentPoint> = HashMap::new();
+            for row in conn.client.query(&statement, &[&timestamps, &point_keys]).await? {
+                let (gauges, tallies) = decode_values(row.get::<_, Option<&[u8]>>(1));
+                sent.entry(row.get(0)).or_default().add(1, &gauges, &tallies);
+            }
+            Ok(sent)
+        })
+    }
+
+    async fn mark_sent(&mut self, items: &[SentItem<'_>], now_ms: i64) -> Result<(), LedgerError> {
+        let keys: Vec<&str> = items.iter().map(|item| item.key).collect();
+        let point_keys: Vec<i64> = items.iter().map(|item| item.point_key).collect();
+        let timestamps: Vec<i64> = items.iter().map(|item| item.timestamp).collect();
+        let values: Vec<Option<Vec<u8>>> = items
+            .iter()
+            .map(|item| encode_values(&item.gauges, &item.tallies, &mut [0u8; VALUES_BYTES]).map(<[u8]>::to_vec))
+            .collect();
+        let owner = self.owner.clone();
+        with_conn!(self, "marking items as sent", |conn| {
+            let insert = conn
+                .prepared(
+                    "INSERT INTO sent_metrics (run_key, point_key, completed_at, sent_at, gauges)
+                     SELECT k, p, c, $4, g FROM unnest($1::text[], $2::bigint[], $3::bigint[], $5::bytea[]) AS u(k, p, c, g)
+                     ON CONFLICT (run_key) DO NOTHING",
+                )
+                .await?;
+            let unskip = conn.prepared("DELETE FROM skipped_runs WHERE run_key = ANY($1::text[])").await?;
+            let release = conn
+                .prepared(
+                    "DELETE FROM claims c USING unnest($1::bigint[], $2::bigint[]) AS p(completed_at, point_key)
+                     WHERE c.completed_at = p.completed_at AND c.point_key = p.point_key AND c.owner = $3",
+                )
+                .await?;
+            let transaction = conn.client.transaction().await?;
+            transaction.execute(&insert, &[&keys, &point_keys, &timestamps, &now_ms, &values]).await?;
+            transaction.execute(&unskip, &[&keys]).await?;
+            transaction.execute(&release, &[&timestamps, &point_keys, &owner]).await?;
+            transaction.commit().await
+        })
+    }
+
+    async fn unmark(&mut self, keys: &[&str]) -> Result<(), LedgerError> {
+        with_conn!(self, "unmarking items", |conn| {
+            let statement = conn.prepared("DELETE FROM sent_metrics WHERE run_key = ANY($1::text[])").await?;
+            conn.client.execute(&statement, &[&keys]).await.map(drop)
+        })
+    }
+
+    async fn record_skipped(
+        &mut self,
+        items: &[SkippedItem<'_>],
+        reason: SkipReason<'_>,
+        now_ms: i64,
+    ) -> Result<(), LedgerError> {
+        let (reason_text, detail, action) = reason.columns();
+        let keys: Vec<&str> = items.iter().map(|item| item.key).collect();
+        let completed: Vec<i64> = items.iter().map(|item| item.completed_at).collect();
+        with_conn!(self, action, |conn| {
+            // A dead letter replaces any record (with the newest error); a too-old record keeps
+            // whatever was recorded first.
+            let statement = conn
+                .prepared(
+                    "INSERT INTO skipped_runs (run_key, reason, completed_at, recorded_at, detail)
+                     SELECT k, $3, c, $4, $5 FROM unnest($1::text[], $2::bigint[]) AS u(k, c)
+                     ON CONFLICT (run_key) DO UPDATE SET reason = excluded.reason, recorded_at = excluded.recorded_at,
+                         detail = excluded.detail
+                     WHERE excluded.reason = 'dead'",
+                )
+                .await?;
+            conn.client.execute(&statement, &[&keys, &completed, &reason_text, &now_ms, &detail]).await.map(drop)
+        })
+    }
+
+    async fn dead_letters(&mut self) -> Result<Vec<DeadLetter>, LedgerError> {
+        with_conn!(self, "listing dead letters", |conn| {
+            let rows = conn
+                .client
+                .query(
+                    "SELECT run_key, recorded_at, COALESCE(detail, '') FROM skipped_runs WHERE reason = 'dead'
+                     ORDER BY recorded_at, run_key COLLATE \"C\"",
+                    &[],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|row| DeadLetter { key: row.get(0), recorded_at: row.get(1), detail: row.get(2) })
+                .collect())
+        })
+    }
+
+    async fn requeue(&mut self, keys: Option<&[String]>) -> Result<usize, LedgerError> {
+        with_conn!(self, "requeueing dead letters", |conn| {
+            let freed = match keys {
+                None => conn.client.execute("DELETE FROM skipped_runs WHERE reason = 'dead'", &[]).await?,
+                Some(keys) => {
+                    conn.client
+                        .execute(
+                            "DELETE FROM skipped_runs WHERE reason = 'dead' AND run_key = ANY($1::text[])",
+                            &[&keys],
+                        )
+                        .await?
+                }
+            };
+            Ok(usize::try_from(freed).unwrap_or(usize::MAX))
+        })
+    }
+
+    async fn keys(&mut self, state: KeyState) -> Result<Vec<String>, LedgerError> {
+        with_conn!(self, "listing keys", |conn| {
+            // Sorted bytewise, as SQLite sorts: the same output from both backends.
+            let rows = match state.reason() {
+                Some(reason) => {
+                    conn.client
+                        .query(
+                            "SELECT run_key FROM skipped_runs WHERE reason = $1 ORDER BY run_key COLLATE \"C\"",
+                            &[&reason],
+                        )
+                        .await?
+                }
+                None if state == KeyState::Sent => {
+                    conn.client.query("SELECT run_key FROM sent_metrics ORDER BY run_key COLLATE \"C\"", &[]).await?
+                }
+                None => Vec::new(),
+            };
+            Ok(rows.iter().map(|row| row.get(0)).collect())
+        })
+    }
+
+    async fn counts(&mut self) -> Result<Counts, LedgerError> {
+        with_conn!(self, "counting rows", |conn| {
+            let row = conn
+                .client
+                .query_one(
+                    "SELECT (SELECT COUNT(*) FROM sent_metrics),
+                            (SELECT COUNT(*) FROM skipped_runs WHERE reason = 'too_old'),
+                            (SELECT COUNT(*) FROM skipped_runs WHERE reason = 'dead')",
+                    &[],
+                )
+                .await?;
+            let count = |at: usize| u64::try_from(row.get::<_, i64>(at)).unwrap_or(0);
+            Ok(Counts { sent: count(0), too_old: count(1), dead: count(2) })
+        })
+    }
+
+    async fn cursor(&mut self, scope: &str) -> Result<Option<String>, LedgerError> {
+        with_conn!(self, "reading a cursor", |conn| {
+            let statement = conn.prepared("SELECT cursor FROM cursors WHERE scope = $1").await?;
+            Ok(conn.client.query_opt(&statement, &[&scope]).await?.map(|row| row.get(0)))
+        })
+    }
+
+    async fn cursors(&mut self, prefix: &str) -> Result<HashMap<String, String>, LedgerError> {
+        with_conn!(self, "reading cursors", |conn| {
+            // `left` rather than LIKE: scopes may hold `_` and `%`.
+            let statement =
+                conn.prepared("SELECT scope, cursor FROM cursors WHERE left(scope, length($1)) = $1").await?;
+            Ok(conn.client.query(&statement, &[&prefix]).await?.iter().map(|row| (row.get(0), row.get(1))).collect())
+        })
+    }
+
+    async fn save_cursor(&mut self, scope: &str, cursor: &str, now_ms: i64) -> Result<(), LedgerError> {
+        with_conn!(self, "saving a cursor", |conn| {
+            let statement = conn
+                .prepared(
+                    "INSERT INTO cursors (scope, cursor, saved_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (scope) DO UPDATE SET cursor = excluded.cursor, saved_at = excluded.saved_at",
+                )
+                .await?;
+            conn.client.execute(&statement, &[&scope, &cursor, &now_ms]).await.map(drop)
+        })
+    }
+
+    async fn verify(&mut self) -> Result<(), LedgerError> {
+        // PostgreSQL keeps its own pages whole; what can go wrong is ours: a key both sent and
+        // recorded as skipped (marks remove the skipped record in the same transaction).
+        let both: i64 = with_conn!(self, "checking consistency", |conn| {
+            Ok(conn
+                .client
+                .query_one("SELECT COUNT(*) FROM sent_metrics s JOIN skipped_runs t USING (run_key)", &[])
+                .await?
+                .get(0))
+        })?;
+        if both == 0 {
+            Ok(())
+        } else {
+            Err(LedgerError::Damaged { path: self.describe(), detail: format!("{both} key(s) both sent and skipped") })
+        }
+    }
+
+    async fn claim(&mut self, claims: &[Claim], now_ms: i64) -> Result<Vec<bool>, LedgerError> {
+        // Sorted: concurrent claims lock rows in one order, so they never deadlock.
+        let mut points: Vec<(i64, i64)> = claims.iter().map(|claim| (claim.timestamp, claim.point_key)).collect();
+        points.sort_unstable();
+        points.dedup();
+        let (timestamps, point_keys): (Vec<i64>, Vec<i64>) = points.into_iter().unzip();
+        let owner = self.owner.clone();
+        let expires = now_ms + i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let granted: foldhash::HashSet<(i64, i64)> = with_conn!(self, "claiming points", |conn| {
+            // A point is ours if nobody holds it, we do already, or its holder's lease ended.
+            let statement = conn
+                .prepared(
+                    "INSERT INTO claims (completed_at, point_key, owner, expires_at)
+                         SELECT c, p, $3, $4 FROM unnest($1::bigint[], $2::bigint[]) AS u(c, p)
+                         ON CONFLICT (completed_at, point_key) DO UPDATE SET owner = excluded.owner,
+                             expires_at = excluded.expires_at
+                         WHERE claims.owner = excluded.owner OR claims.expires_at < $5
+                         RETURNING completed_at, point_key",
+                )
+                .await?;
+            let rows = conn.client.query(&statement, &[&timestamps, &point_keys, &owner, &expires, &now_ms]).await?;
+            Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+        })?;
+        Ok(claims.iter().map(|claim| granted.contains(&(claim.timestamp, claim.point_key))).collect())
+    }
+
+    async fn check_writes(&mut self) -> Result<(), LedgerError> {
+        with_conn!(
+            self,
+            "checking the permissions a send needs (insert, update, delete on the ledger's tables)",
+            |conn| {
+                // Every kind of write a send makes, on every table, then rolled back.
+                let transaction = conn.client.transaction().await?;
+                transaction
+                .batch_execute(
+                    "INSERT INTO sent_metrics (run_key, point_key, completed_at, sent_at) VALUES ('workflow-metrics check', 0, 0, 0);
+                     DELETE FROM sent_metrics WHERE run_key = 'workflow-metrics check';
+                     INSERT INTO skipped_runs (run_key, reason, completed_at, recorded_at) VALUES ('workflow-metrics check', 'too_old', 0, 0)
+                         ON CONFLICT (run_key) DO UPDATE SET recorded_at = 0;
+                     DELETE FROM skipped_runs WHERE run_key = 'workflow-metrics check';
+                     INSERT INTO cursors (scope, cursor, saved_at) VALUES ('workflow-metrics check', '', 0)
+                         ON CONFLICT (scope) DO UPDATE SET saved_at = 0;
+                     INSERT INTO claims (completed_at, point_key, owner, expires_at) VALUES (0, 0, 'workflow-metrics check', 0)
+                         ON CONFLICT (completed_at, point_key) DO UPDATE SET expires_at = 0;
+                     DELETE FROM claims WHERE owner = 'workflow-metrics check';",
+                )
+                .await?;
+                transaction.rollback().await
+            }
+        )
+    }
+
+    async fn release_all(&mut self) -> Result<(), LedgerError> {
+        let owner = self.owner.clone();
+        with_conn!(self, "releasing claims", |conn| {
+            conn.client.execute("DELETE FROM claims WHERE owner = $1", &[&owner]).await.map(drop)
+        })
+    }
+
+    async fn release(&mut self, claims: &[Claim]) -> Result<(), LedgerError> {
+        let (timestamps, point_keys): (Vec<i64>, Vec<i64>) =
+            claims.iter().map(|claim| (claim.timestamp, claim.point_key)).unzip();
+        let owner = self.owner.clone();
+        with_conn!(self, "releasing claims", |conn| {
+            let statement = conn
+                .prepared(
+                    "DELETE FROM claims c USING unnest($1::bigint[], $2::bigint[]) AS p(completed_at, point_key)
+                     WHERE c.completed_at = p.completed_at AND c.point_key = p.point_key AND c.owner = $3",
+                )
+                .await?;
+            conn.client.execute(&statement, &[&timestamps, &point_keys, &owner]).await.map(drop)
+        })
+    }
+}
+
+impl Drop for PgLedger {
+    fn drop(&mut self) {
+        // Claims still held (an invocation stopped by a signal, or failing) would otherwise wait
+        // for their lease: a best-effort release, on the runtime if there is one.
+        if let (Some(conn), Ok(runtime)) = (self.conn.take(), tokio::runtime::Handle::try_current()) {
+            let owner = self.owner.clone();
+            runtime.spawn(async move {
+                let _ = conn.client.execute("DELETE FROM claims WHERE owner = $1", &[&owner]).await;
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A real PostgreSQL server for the tests: `WORKFLOW_METRICS_TEST_POSTGRES` names one where
+    //! the user may create databases (`scripts/test` starts a throwaway one); each test gets a
+    //! database of its own.
+    use super::*;
+
+    /// The server's URL; its absence fails the test, loudly.
+    #[allow(clippy::disallowed_methods, reason = "the tests find their server in the environment")]
+    pub(crate) fn server_url() -> String {
+        std::env::var("WORKFLOW_METRICS_TEST_POSTGRES").unwrap_or_else(|_| {
+            panic!("the PostgreSQL ledger's tests need a server: run scripts/test (it starts one), or set WORKFLOW_METRICS_TEST_POSTGRES=postgres://USER:PASSWORD@HOST:PORT/DB")
+        })
+    }
+
+    /// A new, empty database on the test server.
+    pub(crate) async fn fresh_database() -> PgTarget {
+        let url = server_url();
+        let admin = PgTarget::parse(&url, None, None).expect("WORKFLOW_METRICS_TEST_POSTGRES is a PostgreSQL URL");
+        let (client, connection) = admin.config.connect(tokio_postgres::NoTls).await.expect("the test server answers");
+        tokio::spawn(async move { drop(connection.await) });
+        let name = format!("wm_unit_{:016x}", fastrand::u64(..));
+        client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+        let mut config = admin.config.clone();
+        config.dbname(&name);
+        let shown = admin.shown.rsplit_once('/').map_or(admin.shown.clone(), |(base, _)| format!("{base}/{name}"));
+        PgTarget { config, shown }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_never_show_the_password_and_pgpass_fills_it_in() {
+        let target =
+            PgTarget::parse("postgres://alice:s3cret@db.example:6543/metrics?sslmode=require", None, None).unwrap();
+        assert_eq!(target.to_string(), "postgres://alice@db.example:6543/metrics");
+        assert!(!format!("{target:?}").contains("s3cret"));
+        assert_eq!(target.config.get_password(), Some(&b"s3cret"[..]));
+        let pgpass = "# comment\nother:5432:*:alice:nope\ndb.example:6543:metrics:alice:from\\:pgpass\n";
+        let target = PgTarget::parse("postgresql://alice@db.example:6543/metrics", None, Some(pgpass)).unwrap();
+        assert_eq!(target.config.get_password(), Some(&b"from:pgpass"[..]));
+        let target = PgTarget::parse("postgresql://alice@db.example:6543/metrics", Some("env"), Some(pgpass)).unwrap();
+        assert_eq!(target.config.get_password(), Some(&b"env"[..]), "PGPASSWORD first, as libpq");
+        let error = PgTarget::parse("postgres://:pw@/", None, None).unwrap_err();
+        assert!(!error.contains("pw"), "{error}");
+        assert!(is_url("postgresql://x@y/z") && !is_url("cache/metrics.db"));
+    }
+}
+
+#[cfg(test)]
+mod claims {
+    use super::*;
+    use crate::ledger::SentItem;
+
+    fn point(timestamp: i64, point_key: i64) -> Claim {
+        Claim { timestamp, point_key }
+    }
+
+    #[tokio::test]
+    async fn a_point_is_held_by_one_invocation_until_marked_released_or_lapsed() {
+        let target = testing::fresh_database().await;
+        let mut a = PgLedger::open(&target, Duration::from_secs(60)).await.unwrap();
+        let mut b = PgLedger::open(&target, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(a.claim(&[point(1, 10), point(1, 11), point(1, 10)], 1_000).await.unwrap(), [true, true, true]);
+        assert_eq!(
+            b.claim(&[point(1, 10), point(2, 10)], 1_000).await.unwrap(),
+            [false, true],
+            "the same key at another second is another point"
+        );
+        assert_eq!(a.claim(&[point(1, 10)], 2_000).await.unwrap(), [true], "a holder claims again");
+        // Marking releases the points of the marked items; releasing gives points back.
+        let item = SentItem { key: "k", point_key: 10, timestamp: 1, gauges: [None; 3], tallies: [0; 2] };
+        a.mark_sent(&[item], 3_000).await.unwrap();
+        assert_eq!(b.claim(&[point(1, 10), point(1, 11)], 3_000).await.unwrap(), [true, false]);
+        a.release(&[point(1, 11)]).await.unwrap();
+        assert_eq!(b.claim(&[point(1, 11)], 3_000).await.unwrap(), [true]);
+        // A holder that died: its claims lapse when its lease ends, not before.
+        let mut c = PgLedger::open(&target, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(c.claim(&[point(1, 10)], 3_000).await.unwrap(), [false]);
+        std::mem::forget(b);
+        assert_eq!(c.claim(&[point(1, 10)], 3_000 + 59_000).await.unwrap(), [false]);
+        assert_eq!(c.claim(&[point(1, 10)], 3_000 + 61_000).await.unwrap(), [true]);
+    }
+}
