@@ -1,7 +1,8 @@
 //! The scale benchmark: `cargo bench --bench scale` (add `-- --quick` for a tenth of the sizes,
 //! `-- --first` or `-- --latency` for one scenario with the floor, `-- --jobs` for the jobs and
 //! steps scenarios only (100k runs x 5 jobs x 9 steps, made from the real jobs example in
-//! ../shared), `-- --baseline PATH` to run
+//! ../shared), `-- --postgres` for the PostgreSQL ledger beside SQLite (a server at
+//! `WORKFLOW_METRICS_BENCH_POSTGRES`, a role that may create databases), `-- --baseline PATH` to run
 //! the fresh send, the rerun and the cron pass with another build of the binary too, alternating
 //! with this one, for a before/after in one run).
 //!
@@ -64,6 +65,10 @@ fn main() {
     };
     if args.iter().any(|arg| arg == "--jobs") {
         jobs_scenarios(&intake, &dir, if quick { 10_000 } else { 100_000 }, &fresh);
+        return;
+    }
+    if args.iter().any(|arg| arg == "--postgres") {
+        postgres_scenarios(&intake, &dir, &gh, &cron, gh_runs, &fresh);
         return;
     }
     let mut table = Vec::new();
@@ -186,6 +191,98 @@ fn main() {
         intake.requests.load(Ordering::SeqCst),
         intake.bytes.load(Ordering::SeqCst) / 1_000_000
     );
+}
+
+/// The PostgreSQL ledger beside SQLite, in one run: a fresh send, a rerun with everything sent
+/// and a cron pass over each; then four invocations at once over the same input, against one.
+#[allow(clippy::disallowed_methods)]
+fn postgres_scenarios(intake: &Intake, dir: &Path, gh: &Path, cron: &Path, runs: u64, fresh: &dyn Fn(&Path)) {
+    let server = std::env::var("WORKFLOW_METRICS_BENCH_POSTGRES")
+        .expect("--postgres needs WORKFLOW_METRICS_BENCH_POSTGRES=postgres://USER:PASSWORD@HOST:PORT/DB");
+    let database = |name: &str| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(async move { drop(connection.await) });
+            client.batch_execute(&format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}")).await.unwrap();
+        });
+        format!("{}/{name}", server.rsplit_once('/').unwrap().0)
+    };
+    let sqlite = dir.join("ledger-pg-compare.db");
+    let mut table = Vec::new();
+    fresh(&sqlite);
+    let sqlite_ledger = sqlite.to_str().unwrap().to_owned();
+    let mut figures = Vec::new();
+    for (backend, ledger) in [("sqlite", sqlite_ledger), ("postgres", database("wm_bench_one"))] {
+        let run = intake.send_ledger(BIN, gh, &ledger, &[]);
+        let rerun = intake.send_ledger(BIN, gh, &ledger, &[]);
+        assert_eq!(rerun.summary["requests"], 0, "a rerun makes no request");
+        let cron_run = intake.send_ledger(BIN, cron, &ledger, &[]);
+        assert_eq!(cron_run.summary["sent"], 500);
+        figures.push((backend, run, rerun, cron_run));
+    }
+    let [(_, sqlite_run, sqlite_rerun, sqlite_cron), (_, pg_run, pg_rerun, pg_cron)] = &figures[..] else {
+        unreachable!("two backends")
+    };
+    table.push(Row::new(&format!("sqlite: send {runs} gh rows (fresh)"), sqlite_run, runs, None));
+    table.push(Row::new(
+        &format!("postgres: send {runs} gh rows (fresh)"),
+        pg_run,
+        runs,
+        Some(("sqlite", sqlite_run.wall)),
+    ));
+    table.push(Row::new(&format!("sqlite: rerun {runs} (all sent)"), sqlite_rerun, runs, None));
+    table.push(Row::new(
+        &format!("postgres: rerun {runs} (all sent)"),
+        pg_rerun,
+        runs,
+        Some(("sqlite", sqlite_rerun.wall)),
+    ));
+    table.push(Row::new(&format!("sqlite: cron, 1k runs, 500 new, ledger of {runs}"), sqlite_cron, 1000, None));
+    table.push(Row::new(
+        &format!("postgres: cron, 1k runs, 500 new, ledger of {runs}"),
+        pg_cron,
+        1000,
+        Some(("sqlite", sqlite_cron.wall)),
+    ));
+    // Four at once over the same input, on a fresh database, against one alone (the fresh send).
+    let ledger = database("wm_bench_four");
+    let started = Instant::now();
+    let log_dir = bench_logs();
+    let children: Vec<_> = (0..4).map(|_| intake.command(BIN, gh, &ledger, &log_dir, &[]).spawn().unwrap()).collect();
+    let mut sent = 0;
+    let mut rss = 0;
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        sent += summary["sent"].as_u64().unwrap();
+        rss = rss.max(summary["peak_rss_bytes"].as_u64().unwrap_or(0));
+    }
+    let _ = std::fs::remove_dir_all(&log_dir);
+    assert_eq!(sent, pg_run.summary["sent"].as_u64().unwrap(), "four invocations sent each run once");
+    let four = Outcome {
+        wall: started.elapsed().as_secs_f64(),
+        summary: serde_json::json!({"peak_rss_bytes": rss, "requests": intake.requests.load(Ordering::SeqCst)}),
+    };
+    table.push(Row::new(
+        &format!("postgres: 4 invocations at once, same {runs} gh rows"),
+        &four,
+        runs,
+        Some(("one", pg_run.wall)),
+    ));
+    fresh(&sqlite);
+    println!();
+    println!("| scenario | wall s | runs/s | peak RSS MB | requests | against s | ratio |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for row in &table {
+        println!("{row}");
+    }
+}
+
+/// A fresh folder for one scenario's run logs (removed after it: a million runs log 360 MB).
+fn bench_logs() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("wm-bench-logs-{:016x}", fastrand::u64(..)))
 }
 
 /// Jobs and steps (`--steps`): `runs` runs' jobs lists, 5 jobs of 9 steps each, and a tenth of
@@ -751,24 +848,35 @@ impl Intake {
         self.send_with(BIN, input, ledger, extra)
     }
 
-    #[allow(clippy::disallowed_methods)]
     fn send_with(&self, binary: &str, input: &Path, ledger: &Path, extra: &[&str]) -> Outcome {
-        let log_dir = ledger.with_extension("logs");
-        let _ = std::fs::remove_dir_all(&log_dir);
-        let started = Instant::now();
-        let output = Command::new(binary)
+        self.send_ledger(binary, input, ledger.to_str().expect("a UTF-8 path"), extra)
+    }
+
+    /// The binary's `send` over `input` into this intake, with `--ledger ledger` (a path or a URL).
+    #[allow(clippy::disallowed_methods)]
+    fn command(&self, binary: &str, input: &Path, ledger: &str, log_dir: &Path, extra: &[&str]) -> Command {
+        let mut command = Command::new(binary);
+        command
             .args(["send", "--historical", "--output", "json", "--api-url", &self.url])
-            .arg("--ledger")
-            .arg(ledger)
+            .args(["--ledger", ledger])
             .arg("--log-dir")
-            .arg(&log_dir)
+            .arg(log_dir)
             .args(extra)
             .args(std::env::var("BENCH_ARGS").unwrap_or_default().split_whitespace())
             .arg(input)
             .env("DD_API_KEY", "bench-key")
             .stdin(Stdio::null())
-            .output()
-            .unwrap();
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    #[allow(clippy::disallowed_methods)]
+    fn send_ledger(&self, binary: &str, input: &Path, ledger: &str, extra: &[&str]) -> Outcome {
+        let log_dir = bench_logs();
+        let started = Instant::now();
+        let output = self.command(binary, input, ledger, &log_dir, extra).output().unwrap();
+        let _ = std::fs::remove_dir_all(&log_dir);
         let wall = started.elapsed().as_secs_f64();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(0), "{stderr}");
