@@ -204,7 +204,8 @@ fn postgres_scenarios(intake: &Intake, dir: &Path, gh: &Path, cron: &Path, runs:
         runtime.block_on(async {
             let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls).await.unwrap();
             tokio::spawn(async move { drop(connection.await) });
-            client.batch_execute(&format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}")).await.unwrap();
+            client.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).await.unwrap();
+            client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
         });
         format!("{}/{name}", server.rsplit_once('/').unwrap().0)
     };

@@ -237,6 +237,13 @@ pub trait Ledger: Send {
         Ok(())
     }
 
+    /// Gives back the claims of points whose items this invocation marked (a backend may keep
+    /// them a while, to give them back in bulk): before waiting for points others hold, so that
+    /// two invocations never wait for each other.
+    async fn release_marked(&mut self) -> Result<(), LedgerError> {
+        Ok(())
+    }
+
     /// Gives back every claim this invocation still holds (its end): items it did not send are
     /// free for others at once rather than when the lease ends.
     async fn release_all(&mut self) -> Result<(), LedgerError> {

@@ -8,7 +8,8 @@
 //! once: nothing here takes a lock for the whole invocation. Instead an invocation claims the
 //! points of the items it is about to send ([`Ledger::claim`]); a point another live invocation
 //! holds is not sent twice, and a claim of an invocation that died (kill -9, a lost machine)
-//! lapses when its lease ends. Marks and the release of their claims are one transaction.
+//! lapses when its lease ends. Marked points are given back in bulk (every 16,384 items, and all
+//! at the end): whoever claims one next finds its items sent.
 //!
 //! Every statement is prepared once per connection and batched with `unnest` arrays: one round
 //! trip per request of items, never one per item. A lost connection is retried with backoff (all
@@ -31,7 +32,9 @@ use crate::metrics::SentPoint;
 /// Ordered migrations of the PostgreSQL schema; entry N takes it from version N to N+1. Run in
 /// one transaction under an advisory lock, so two invocations starting at once migrate once.
 const MIGRATIONS: &[&str] = &[
-    // 1: the ledger as SQLite's schema 5 has it, and claims for many writers.
+    // 1: the ledger as SQLite's schema 5 has it, and claims for many writers. Claims are leases
+    // of a few minutes: UNLOGGED (no WAL, half the cost of a claim), emptied if the server
+    // crashes, when every invocation's connection is gone anyway.
     "CREATE TABLE sent_metrics (
          run_key      text PRIMARY KEY,
          point_key    bigint NOT NULL,
@@ -52,7 +55,7 @@ const MIGRATIONS: &[&str] = &[
          cursor   text NOT NULL,
          saved_at bigint NOT NULL
      );
-     CREATE TABLE claims (
+     CREATE UNLOGGED TABLE claims (
          completed_at bigint NOT NULL,
          point_key    bigint NOT NULL,
          owner        text NOT NULL,
@@ -226,7 +229,12 @@ pub struct PgLedger {
     lease: Duration,
     /// How long a lost connection is retried before the error stands.
     reconnect_deadline: Duration,
+    /// Points of items marked since claims were last given back.
+    marked: Vec<Claim>,
 }
+
+/// Marked points given back in one statement.
+const RELEASE_BATCH: usize = 16_384;
 
 impl PgLedger {
     /// Connects, creating and migrating the schema when needed (safe when several invocations
@@ -269,7 +277,14 @@ impl PgLedger {
     fn new(target: &PgTarget, lease: Duration) -> PgLedger {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let owner = format!("{}:{}:{:016x}", host.trim(), std::process::id(), fastrand::u64(..));
-        PgLedger { target: target.clone(), conn: None, owner, lease, reconnect_deadline: Duration::from_secs(60) }
+        PgLedger {
+            target: target.clone(),
+            conn: None,
+            owner,
+            lease,
+            reconnect_deadline: Duration::from_secs(60),
+            marked: Vec::new(),
+        }
     }
 
     /// This invocation's name in `claims.owner`.
@@ -300,10 +315,18 @@ impl PgLedger {
         wait: &mut Duration,
         action: &'static str,
     ) -> Result<(), LedgerError> {
-        // Refused credentials or a missing database stand at once; a lost connection is retried.
+        // Refused credentials or a missing database stand at once; a lost connection is retried,
+        // and so is a transaction the server aborted to break a deadlock or a serialisation
+        // conflict with another invocation (every write here is idempotent).
+        let conflict = error.as_db_error().is_some_and(|db| matches!(db.code().code(), "40P01" | "40001"));
         let lost = is_connection_error(&error) || self.conn.as_ref().is_some_and(|conn| conn.client.is_closed());
-        if !lost || started.elapsed() + *wait > self.reconnect_deadline {
+        if !(lost || conflict) || started.elapsed() + *wait > self.reconnect_deadline {
             return Err(self.error(action, error));
+        }
+        if conflict {
+            tracing::debug!(ledger = %self.target, action, "a conflict with another invocation; trying again");
+            tokio::time::sleep(Duration::from_millis(fastrand::u64(5..50))).await;
+            return Ok(());
         }
         tracing::warn!(ledger = %self.target, error = %crate::error::error_chain(&error), "the ledger's database is unreachable; retrying");
         self.conn = None;
@@ -402,26 +425,34 @@ impl Ledger for PgLedger {
     }
 
     async fn states(&mut self, keys: &[&str]) -> Result<Vec<KeyState>, LedgerError> {
-        let count = keys.len();
         with_conn!(self, "looking up keys", |conn| {
+            // `= ANY` walks the primary key once per distinct key (the array sorted); only the
+            // keys the ledger knows come back, and are placed by a map (none, in a backfill).
             let statement = conn
                 .prepared(
-                    "SELECT k.i, 'sent' FROM unnest($1::text[]) WITH ORDINALITY AS k(key, i)
-                       WHERE EXISTS (SELECT 1 FROM sent_metrics s WHERE s.run_key = k.key)
+                    "SELECT run_key, 'sent' FROM sent_metrics WHERE run_key = ANY($1::text[])
                      UNION ALL
-                     SELECT k.i, t.reason FROM unnest($1::text[]) WITH ORDINALITY AS k(key, i)
-                       JOIN skipped_runs t ON t.run_key = k.key",
+                     SELECT run_key, reason FROM skipped_runs WHERE run_key = ANY($1::text[])",
                 )
                 .await?;
-            let mut states = vec![KeyState::Unknown; count];
-            for row in conn.client.query(&statement, &[&keys]).await? {
-                let index = usize::try_from(row.get::<_, i64>(0) - 1).unwrap_or(usize::MAX);
-                let Some(state) = states.get_mut(index) else { continue };
+            let rows = conn.client.query(&statement, &[&keys]).await?;
+            let mut states = vec![KeyState::Unknown; keys.len()];
+            if rows.is_empty() {
+                return Ok(states);
+            }
+            let mut known: HashMap<&str, KeyState> = HashMap::with_capacity(rows.len());
+            for row in &rows {
+                let state = known.entry(row.get::<_, &str>(0)).or_insert(KeyState::Unknown);
                 *state = match (*state, row.get::<_, &str>(1)) {
                     (KeyState::Sent, _) | (_, "sent") => KeyState::Sent,
                     (_, "dead") => KeyState::Dead,
                     _ => KeyState::SkippedTooOld,
                 };
+            }
+            for (state, key) in states.iter_mut().zip(keys) {
+                if let Some(found) = known.get(key) {
+                    *state = *found;
+                }
             }
             Ok(states)
         })
@@ -455,7 +486,6 @@ impl Ledger for PgLedger {
             .iter()
             .map(|item| encode_values(&item.gauges, &item.tallies, &mut [0u8; VALUES_BYTES]).map(<[u8]>::to_vec))
             .collect();
-        let owner = self.owner.clone();
         with_conn!(self, "marking items as sent", |conn| {
             let insert = conn
                 .prepared(
@@ -465,18 +495,19 @@ impl Ledger for PgLedger {
                 )
                 .await?;
             let unskip = conn.prepared("DELETE FROM skipped_runs WHERE run_key = ANY($1::text[])").await?;
-            let release = conn
-                .prepared(
-                    "DELETE FROM claims c USING unnest($1::bigint[], $2::bigint[]) AS p(completed_at, point_key)
-                     WHERE c.completed_at = p.completed_at AND c.point_key = p.point_key AND c.owner = $3",
-                )
-                .await?;
             let transaction = conn.client.transaction().await?;
             transaction.execute(&insert, &[&keys, &point_keys, &timestamps, &now_ms, &values]).await?;
             transaction.execute(&unskip, &[&keys]).await?;
-            transaction.execute(&release, &[&timestamps, &point_keys, &owner]).await?;
             transaction.commit().await
-        })
+        })?;
+        // Their points are given back in bulk, not one statement per request (the points'
+        // items are marked: anyone who claims them next finds them sent).
+        self.marked.extend(items.iter().map(|item| Claim { timestamp: item.timestamp, point_key: item.point_key }));
+        if self.marked.len() >= RELEASE_BATCH {
+            let marked = std::mem::take(&mut self.marked);
+            self.release(&marked).await?;
+        }
+        Ok(())
     }
 
     async fn unmark(&mut self, keys: &[&str]) -> Result<(), LedgerError> {
@@ -640,7 +671,7 @@ impl Ledger for PgLedger {
             let statement = conn
                 .prepared(
                     "INSERT INTO claims (completed_at, point_key, owner, expires_at)
-                         SELECT c, p, $3, $4 FROM unnest($1::bigint[], $2::bigint[]) AS u(c, p)
+                         SELECT c, p, $3, $4 FROM unnest($1::bigint[], $2::bigint[]) AS u(c, p) ORDER BY c, p
                          ON CONFLICT (completed_at, point_key) DO UPDATE SET owner = excluded.owner,
                              expires_at = excluded.expires_at
                          WHERE claims.owner = excluded.owner OR claims.expires_at < $5
@@ -679,7 +710,13 @@ impl Ledger for PgLedger {
         )
     }
 
+    async fn release_marked(&mut self) -> Result<(), LedgerError> {
+        let marked = std::mem::take(&mut self.marked);
+        self.release(&marked).await
+    }
+
     async fn release_all(&mut self) -> Result<(), LedgerError> {
+        self.marked.clear();
         let owner = self.owner.clone();
         with_conn!(self, "releasing claims", |conn| {
             conn.client.execute("DELETE FROM claims WHERE owner = $1", &[&owner]).await.map(drop)
@@ -693,8 +730,17 @@ impl Ledger for PgLedger {
         with_conn!(self, "releasing claims", |conn| {
             let statement = conn
                 .prepared(
-                    "DELETE FROM claims c USING unnest($1::bigint[], $2::bigint[]) AS p(completed_at, point_key)
-                     WHERE c.completed_at = p.completed_at AND c.point_key = p.point_key AND c.owner = $3",
+                    // Rows are locked in (timestamp, point key) order, as claims take them: two
+                    // invocations never wait for each other in a cycle.
+                    "WITH mine AS (
+                         SELECT c.completed_at, c.point_key FROM claims c
+                           JOIN unnest($1::bigint[], $2::bigint[]) AS p(completed_at, point_key)
+                             ON c.completed_at = p.completed_at AND c.point_key = p.point_key
+                          WHERE c.owner = $3
+                          ORDER BY c.completed_at, c.point_key
+                            FOR UPDATE OF c)
+                     DELETE FROM claims c USING mine
+                      WHERE c.completed_at = mine.completed_at AND c.point_key = mine.point_key",
                 )
                 .await?;
             conn.client.execute(&statement, &[&timestamps, &point_keys, &owner]).await.map(drop)
@@ -788,9 +834,11 @@ mod claims {
             "the same key at another second is another point"
         );
         assert_eq!(a.claim(&[point(1, 10)], 2_000).await.unwrap(), [true], "a holder claims again");
-        // Marking releases the points of the marked items; releasing gives points back.
+        // Marked points are given back in bulk (release_marked); releasing gives points back.
         let item = SentItem { key: "k", point_key: 10, timestamp: 1, gauges: [None; 3], tallies: [0; 2] };
         a.mark_sent(&[item], 3_000).await.unwrap();
+        assert_eq!(b.claim(&[point(1, 10)], 3_000).await.unwrap(), [false], "kept until given back in bulk");
+        a.release_marked().await.unwrap();
         assert_eq!(b.claim(&[point(1, 10), point(1, 11)], 3_000).await.unwrap(), [true, false]);
         a.release(&[point(1, 11)]).await.unwrap();
         assert_eq!(b.claim(&[point(1, 11)], 3_000).await.unwrap(), [true]);

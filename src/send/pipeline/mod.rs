@@ -509,6 +509,13 @@ impl Pipeline<'_> {
         for planned in &items {
             self.contended_since.remove(&planned.point_key);
         }
+        // Held by another invocation: those it sent are settled now; the rest wait for it.
+        let Some(held) = self.settle_sent_elsewhere(held).await else {
+            // The ledger failed (the invocation halts): what was claimed is not sent either.
+            self.summary.failed += items.len() as u64;
+            self.let_go(&items).await;
+            return None;
+        };
         if !held.is_empty() {
             // The wait counts from when a point was first found held, however often it is retried.
             let now = Instant::now();
@@ -525,6 +532,17 @@ impl Pipeline<'_> {
         }
         // Another invocation may have sent or recorded some of them between the first look-up
         // and the claim: they are settled here, not sent twice.
+        self.settle_sent_elsewhere(items).await
+    }
+
+    /// Items another invocation sent (or dead-lettered) since they were looked up are settled as
+    /// already sent; the others are given back, or `None` when the ledger failed. (Recorded too
+    /// old by another invocation: this one planned it to send, with --historical, --stamp-now
+    /// or its own clock.)
+    async fn settle_sent_elsewhere(&mut self, items: Vec<Planned>) -> Option<Vec<Planned>> {
+        if items.is_empty() {
+            return Some(items);
+        }
         let keys: Vec<&str> = items.iter().map(|planned| planned.item.key()).collect();
         let states = match self.ledger.states(&keys).await {
             Ok(states) => states,
@@ -533,8 +551,6 @@ impl Pipeline<'_> {
                 return None;
             }
         };
-        // Sent or dead-lettered meanwhile: settled. (Recorded too old by another invocation:
-        // this one planned it to send, with --historical, --stamp-now or its own clock.)
         let mut states = states.into_iter();
         let (items, settled): (Vec<Planned>, Vec<Planned>) =
             items.into_iter().partition(|_| !matches!(states.next(), Some(KeyState::Sent | KeyState::Dead)));
@@ -544,15 +560,7 @@ impl Pipeline<'_> {
                 self.log.skip("already_sent", planned.item.key(), Some("by another invocation"));
                 self.pending_keys.remove(planned.item.key());
                 self.checkpoints.settle(planned.chunk);
-            }
-            let kept: FastSet<i64> = items.iter().map(|planned| planned.point_key).collect();
-            let unused: Vec<Claim> = settled
-                .iter()
-                .filter(|planned| !kept.contains(&planned.point_key))
-                .map(|planned| Claim { timestamp: planned.timestamp, point_key: planned.point_key })
-                .collect();
-            if let Err(error) = self.ledger.release(&unused).await {
-                tracing::warn!(error = %crate::error_chain(&error), "could not release claims; they lapse with their lease");
+                self.contended_since.remove(&planned.point_key);
             }
             self.save_cursors().await;
         }
@@ -562,6 +570,11 @@ impl Pipeline<'_> {
     /// Items that waited for points another invocation held are tried again; those that waited
     /// longer than `--claim-wait` are left to it (unsettled: no cursor moves past them).
     async fn retry_contended(&mut self) {
+        // What this invocation marked is free for others first: two invocations waiting for
+        // each other's points would otherwise both wait until --claim-wait.
+        if let Err(error) = self.ledger.release_marked().await {
+            return self.ledger_failed(&error);
+        }
         if !self.retrying {
             self.retrying = true;
             self.contended_since.clear();
