@@ -246,32 +246,49 @@ fn postgres_scenarios(intake: &Intake, dir: &Path, gh: &Path, cron: &Path, runs:
         1000,
         Some(("sqlite", sqlite_cron.wall)),
     ));
-    // Four at once over the same input, on a fresh database, against one alone (the fresh send).
-    let ledger = database("wm_bench_four");
-    let started = Instant::now();
-    let log_dir = bench_logs();
-    let children: Vec<_> = (0..4).map(|_| intake.command(BIN, gh, &ledger, &log_dir, &[]).spawn().unwrap()).collect();
-    let mut sent = 0;
-    let mut rss = 0;
-    for child in children {
-        let output = child.wait_with_output().unwrap();
-        assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
-        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        sent += summary["sent"].as_u64().unwrap();
-        rss = rss.max(summary["peak_rss_bytes"].as_u64().unwrap_or(0));
-    }
-    let _ = std::fs::remove_dir_all(&log_dir);
-    assert_eq!(sent, pg_run.summary["sent"].as_u64().unwrap(), "four invocations sent each run once");
-    let four = Outcome {
-        wall: started.elapsed().as_secs_f64(),
-        summary: serde_json::json!({"peak_rss_bytes": rss, "requests": intake.requests.load(Ordering::SeqCst)}),
+    // Four at once over the same input, on a fresh database, against one alone: with an instant
+    // intake (where each must parse all the input on two cores), and with one that answers in
+    // 100 ms (Datadog's latency, which four overlap).
+    let four_at_once = |name: &str| {
+        let ledger = database(name);
+        let started = Instant::now();
+        let log_dir = bench_logs();
+        let children: Vec<_> =
+            (0..4).map(|_| intake.command(BIN, gh, &ledger, &log_dir, &[]).spawn().unwrap()).collect();
+        let (mut sent, mut rss, mut requests) = (0, 0, 0);
+        for child in children {
+            let output = child.wait_with_output().unwrap();
+            assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+            let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+            sent += summary["sent"].as_u64().unwrap();
+            requests += summary["requests"].as_u64().unwrap();
+            rss = rss.max(summary["peak_rss_bytes"].as_u64().unwrap_or(0));
+        }
+        let _ = std::fs::remove_dir_all(&log_dir);
+        assert_eq!(sent, pg_run.summary["sent"].as_u64().unwrap(), "four invocations sent each run once");
+        Outcome {
+            wall: started.elapsed().as_secs_f64(),
+            summary: serde_json::json!({"peak_rss_bytes": rss, "requests": requests}),
+        }
     };
+    let four = four_at_once("wm_bench_four");
     table.push(Row::new(
         &format!("postgres: 4 invocations at once, same {runs} gh rows"),
         &four,
         runs,
         Some(("one", pg_run.wall)),
     ));
+    intake.latency_ms.store(100, Ordering::SeqCst);
+    let one = intake.send_ledger(BIN, gh, &database("wm_bench_one_slow"), &[]);
+    table.push(Row::new(&format!("postgres: 1 invocation, {runs} gh rows, intake +100 ms"), &one, runs, None));
+    let four = four_at_once("wm_bench_four_slow");
+    table.push(Row::new(
+        &format!("postgres: 4 invocations at once, {runs} gh rows, intake +100 ms"),
+        &four,
+        runs,
+        Some(("one", one.wall)),
+    ));
+    intake.latency_ms.store(0, Ordering::SeqCst);
     fresh(&sqlite);
     println!();
     println!("| scenario | wall s | runs/s | peak RSS MB | requests | against s | ratio |");

@@ -82,6 +82,17 @@ pub enum LedgerAction {
     },
     /// Check the ledger's integrity (reads it without waiting for its lock).
     Verify,
+    /// Write the whole ledger on stdout, one JSON object per line (sent items with their points
+    /// and values, skipped items, cursors): with `import`, how a ledger moves between backends,
+    /// e.g. `ledger export --ledger cache/metrics.db | ledger import --ledger postgres://...`.
+    Export,
+    /// Read what `export` wrote (a file, or - / nothing for stdin) into this ledger. Rows it
+    /// already holds stay as they are, so importing twice changes nothing.
+    Import {
+        /// The exported lines; stdin when absent or -.
+        #[arg(value_name = "FILE")]
+        input: Option<PathBuf>,
+    },
     /// Free dead letters so the next send sends them again.
     Requeue {
         /// Run keys (owner/repo:run_id:attempt) to requeue.

@@ -91,6 +91,12 @@ pub enum Error {
     /// A source could not be set up (its HTTP client).
     #[error("{0}")]
     Source(String),
+    /// Input that is not what the command reads (`ledger import`), named with its place.
+    #[error("{0}")]
+    Input(String),
+    /// Standard output could not be written (`ledger export` into a closed pipe).
+    #[error("cannot write standard output")]
+    Output(#[source] std::io::Error),
 }
 
 impl Error {
@@ -102,6 +108,8 @@ impl Error {
             Error::Datadog(_) => exit_code::PARTIAL,
             Error::RunLog(_) => exit_code::USAGE,
             Error::Source(_) => exit_code::USAGE,
+            Error::Input(_) => exit_code::INPUT,
+            Error::Output(_) => exit_code::PARTIAL,
         }
     }
 }

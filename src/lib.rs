@@ -159,6 +159,77 @@ fn ledger_command(args: LedgerArgs) -> Result<Report, Error> {
                 };
                 (format!("{} key(s) in {location}", keys.len()), Some(keys.join("\n")).filter(|s| !s.is_empty()))
             }
+            LedgerAction::Export => {
+                let Some(mut ledger) = ledger::open_read_only(&location).await? else {
+                    return Err(Error::Ledger(ledger::LedgerError::Missing { path: location.to_string() }));
+                };
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                let mut write = |row: &ledger::ExportRow| -> Result<(), Error> {
+                    serde_json::to_writer(&mut out, row).map_err(|error| Error::Output(error.into()))?;
+                    std::io::Write::write_all(&mut out, b"\n").map_err(Error::Output)
+                };
+                let (mut sent, mut after) = (0u64, None::<String>);
+                loop {
+                    let rows = ledger.sent_rows(after.as_deref(), 10_000).await?;
+                    let Some(ledger::ExportRow::Sent { key, .. }) = rows.last() else { break };
+                    after = Some(key.clone());
+                    sent += rows.len() as u64;
+                    rows.iter().try_for_each(&mut write)?;
+                }
+                let skipped = ledger.skipped_rows().await?;
+                skipped.iter().try_for_each(&mut write)?;
+                let mut cursors: Vec<(String, String)> = ledger.cursors("").await?.into_iter().collect();
+                cursors.sort();
+                for (scope, cursor) in &cursors {
+                    write(&ledger::ExportRow::Cursor { scope: scope.clone(), cursor: cursor.clone() })?;
+                }
+                std::io::Write::flush(&mut out).map_err(Error::Output)?;
+                let line = format!(
+                    "exported {sent} sent item(s), {} skipped, {} cursor(s) from {location}",
+                    skipped.len(),
+                    cursors.len()
+                );
+                (line, None)
+            }
+            LedgerAction::Import { input } => {
+                let mut ledger = ledger::open(&location, lock_timeout).await?;
+                let name = input.as_ref().filter(|path| path.as_os_str() != "-").map_or_else(
+                    || "<stdin>".to_owned(),
+                    |path| path.display().to_string(),
+                );
+                let reader: Box<dyn std::io::BufRead> = match input.as_ref().filter(|path| path.as_os_str() != "-") {
+                    Some(path) => Box::new(std::io::BufReader::new(
+                        std::fs::File::open(path).map_err(|error| Error::Input(format!("cannot read {name}: {error}")))?,
+                    )),
+                    None => Box::new(std::io::stdin().lock()),
+                };
+                let (mut totals, mut batch) = ((0, 0, 0), Vec::with_capacity(10_000));
+                for (number, line) in std::io::BufRead::lines(reader).enumerate() {
+                    let line = line.map_err(|error| Error::Input(format!("cannot read {name}: {error}")))?;
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    let row: ledger::ExportRow = serde_json::from_str(&line).map_err(|error| {
+                        Error::Input(format!("{name} line {}: not a row of `ledger export`: {error}", number + 1))
+                    })?;
+                    batch.push(row);
+                    if batch.len() == 10_000 {
+                        let done = ledger::import_rows(ledger.as_mut(), &batch)
+                            .await?
+                            .map_err(|error| Error::Input(format!("{name} before line {}: {error}", number + 2)))?;
+                        totals = (totals.0 + done.0, totals.1 + done.1, totals.2 + done.2);
+                        batch.clear();
+                    }
+                }
+                let done =
+                    ledger::import_rows(ledger.as_mut(), &batch).await?.map_err(|error| Error::Input(format!("{name}: {error}")))?;
+                totals = (totals.0 + done.0, totals.1 + done.1, totals.2 + done.2);
+                let line = format!(
+                    "imported {} sent item(s), {} skipped, {} cursor(s) from {name} into {location}",
+                    totals.0, totals.1, totals.2
+                );
+                (line, None)
+            }
             LedgerAction::Verify => {
                 let Some(mut ledger) = ledger::open_read_only(&location).await? else {
                     return Err(Error::Ledger(ledger::LedgerError::Missing { path: location.to_string() }));

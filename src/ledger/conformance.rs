@@ -187,3 +187,60 @@ async fn cursors_are_kept_per_scope() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn export_pages_in_key_order_and_import_rebuilds_the_same_ledger() {
+    use super::ExportRow;
+    for_each_backend(async |ledger| {
+        let item = |key, timestamp, gauges, tallies| SentItem { key, point_key: 7, timestamp, gauges, tallies };
+        ledger
+            .mark_sent(&[item("c", 100, [Some(3.0), None, None], [1, 0]), item("a", 100, [None; 3], [0; 2])], 10)
+            .await
+            .unwrap();
+        ledger.mark_sent(&[item("b", 200, [Some(1.5), Some(0.5), None], [0, 2])], 20).await.unwrap();
+        ledger.record_skipped(&[skipped("t")], SkipReason::TooOld, 30).await.unwrap();
+        ledger
+            .record_skipped(&[skipped("d")], SkipReason::Dead { detail: "{\"errors\":[\"bad\"]}" }, 40)
+            .await
+            .unwrap();
+        ledger.save_cursor("octo/repo", "{\"low\":5}", 50).await.unwrap();
+        // Pages of two, in key order, each after the last key of the one before.
+        let first = ledger.sent_rows(None, 2).await.unwrap();
+        let keys = |rows: &[ExportRow]| -> Vec<String> {
+            rows.iter()
+                .map(|row| match row {
+                    ExportRow::Sent { key, .. } | ExportRow::Skipped { key, .. } => key.clone(),
+                    ExportRow::Cursor { scope, .. } => scope.clone(),
+                })
+                .collect()
+        };
+        assert_eq!(keys(&first), ["a", "b"]);
+        let second = ledger.sent_rows(Some("b"), 2).await.unwrap();
+        assert_eq!(keys(&second), ["c"]);
+        assert!(ledger.sent_rows(Some("c"), 2).await.unwrap().is_empty());
+        let skipped_rows = ledger.skipped_rows().await.unwrap();
+        assert_eq!(keys(&skipped_rows), ["d", "t"]);
+        // Into a fresh ledger: the same states, points, dead letters and cursors. Twice: no change.
+        let mut rows: Vec<ExportRow> = first.into_iter().chain(second).chain(skipped_rows).collect();
+        rows.push(ExportRow::Cursor { scope: "octo/repo".into(), cursor: "{\"low\":5}".into() });
+        let mut copy = SqliteLedger::open_in_memory().unwrap();
+        assert_eq!(super::import_rows(&mut copy, &rows).await.unwrap().unwrap(), (3, 2, 1));
+        assert_eq!(super::import_rows(&mut copy, &rows).await.unwrap().unwrap(), (3, 2, 1));
+        for state in [KeyState::Sent, KeyState::SkippedTooOld, KeyState::Dead] {
+            assert_eq!(copy.keys(state).await.unwrap(), ledger.keys(state).await.unwrap(), "{state:?}");
+        }
+        let points = [(100, 7), (200, 7)];
+        assert_eq!(copy.sent_points(&points).await.unwrap(), ledger.sent_points(&points).await.unwrap());
+        assert_eq!(copy.dead_letters().await.unwrap(), ledger.dead_letters().await.unwrap());
+        assert_eq!(copy.cursors("").await.unwrap(), ledger.cursors("").await.unwrap());
+        let bad = [ExportRow::Skipped {
+            key: "x".into(),
+            reason: "lost".into(),
+            completed_at: 0,
+            recorded_at: 0,
+            detail: None,
+        }];
+        assert!(super::import_rows(&mut copy, &bad).await.unwrap().is_err());
+    })
+    .await;
+}

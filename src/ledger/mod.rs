@@ -146,6 +146,19 @@ pub struct Claim {
     pub point_key: i64,
 }
 
+/// One row of a ledger as `ledger export` writes it (a JSON line) and `ledger import` reads it:
+/// how a ledger moves from one backend to another.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ExportRow {
+    /// An item Datadog confirmed, with its point and the values it delivered there.
+    Sent { key: String, point_key: i64, timestamp: i64, sent_at: i64, gauges: Gauges, tallies: Tallies },
+    /// An item recorded apart: `too_old`, or `dead` with Datadog's error.
+    Skipped { key: String, reason: String, completed_at: i64, recorded_at: i64, detail: Option<String> },
+    /// Where a source may resume.
+    Cursor { scope: String, cursor: String },
+}
+
 /// Rows per state, for `check`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -214,6 +227,13 @@ pub trait Ledger: Send {
 
     /// Checks the ledger's own consistency (SQLite: `PRAGMA integrity_check`).
     async fn verify(&mut self) -> Result<(), LedgerError>;
+
+    /// Sent items after the key `after` (none: from the first), in key order, at most `limit`:
+    /// `ledger export`, page by page.
+    async fn sent_rows(&mut self, after: Option<&str>, limit: usize) -> Result<Vec<ExportRow>, LedgerError>;
+
+    /// Every item recorded apart (too old, dead), in key order: `ledger export`.
+    async fn skipped_rows(&mut self) -> Result<Vec<ExportRow>, LedgerError>;
 
     /// Claims points before their items are sent, so that invocations sharing the ledger never
     /// write one point at once: for each claim, whether this invocation holds it now (it did
@@ -318,6 +338,82 @@ pub async fn open_dry_run(location: &Location, record: Option<&Path>) -> Result<
         None => SqliteLedger::open_in_memory()?,
     };
     Ok(Box::new(Overlay::new(base, Box::new(record))))
+}
+
+/// Writes exported rows into `ledger` (`ledger import`): sent items marked with the time they
+/// were sent, skipped ones recorded with theirs, cursors saved. Rows already there stay as they
+/// are (a mark keeps the first; a too-old record does not replace one), so importing twice
+/// changes nothing. Returns (sent, skipped, cursors) rows written.
+///
+/// # Errors
+/// The ledger fails (`Ok(Err)`: a skipped row with an unknown reason, nothing of it written).
+pub async fn import_rows(
+    ledger: &mut dyn Ledger,
+    rows: &[ExportRow],
+) -> Result<Result<(u64, u64, u64), String>, LedgerError> {
+    let (mut sent, mut skipped, mut cursors) = (0, 0, 0);
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    if let Some(ExportRow::Skipped { reason, .. }) = rows
+        .iter()
+        .find(|row| matches!(row, ExportRow::Skipped { reason, .. } if reason != "too_old" && reason != "dead"))
+    {
+        return Ok(Err(format!("a skipped row with reason {reason:?} (expected too_old or dead)")));
+    }
+    // Consecutive rows of one kind and one time go in one call (a request's items share their
+    // `sent_at`), so an import costs about what the sends that made the rows cost.
+    let mut at = 0;
+    while at < rows.len() {
+        match &rows[at] {
+            ExportRow::Sent { sent_at, .. } => {
+                let group: Vec<SentItem<'_>> = rows[at..]
+                    .iter()
+                    .map_while(|row| match row {
+                        ExportRow::Sent { key, point_key, timestamp, sent_at: when, gauges, tallies }
+                            if when == sent_at =>
+                        {
+                            Some(SentItem {
+                                key,
+                                point_key: *point_key,
+                                timestamp: *timestamp,
+                                gauges: *gauges,
+                                tallies: *tallies,
+                            })
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                ledger.mark_sent(&group, *sent_at).await?;
+                sent += group.len() as u64;
+                at += group.len();
+            }
+            ExportRow::Skipped { reason: first_reason, recorded_at, detail: first_detail, .. } => {
+                let reason = match first_reason.as_str() {
+                    "too_old" => SkipReason::TooOld,
+                    _ => SkipReason::Dead { detail: first_detail.as_deref().unwrap_or("") },
+                };
+                let group: Vec<SkippedItem<'_>> = rows[at..]
+                    .iter()
+                    .map_while(|row| match row {
+                        ExportRow::Skipped { key, reason, completed_at, recorded_at: when, detail }
+                            if when == recorded_at && reason == first_reason && detail == first_detail =>
+                        {
+                            Some(SkippedItem { key, completed_at: *completed_at })
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                ledger.record_skipped(&group, reason, *recorded_at).await?;
+                skipped += group.len() as u64;
+                at += group.len();
+            }
+            ExportRow::Cursor { scope, cursor } => {
+                ledger.save_cursor(scope, cursor, now_ms).await?;
+                cursors += 1;
+                at += 1;
+            }
+        }
+    }
+    Ok(Ok((sent, skipped, cursors)))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 
-use super::{Counts, DeadLetter, KeyState, Ledger, LedgerError, SentItem, SkipReason, SkippedItem};
+use super::{Counts, DeadLetter, ExportRow, KeyState, Ledger, LedgerError, SentItem, SkipReason, SkippedItem};
 use crate::metrics::SentPoint;
 
 pub struct Overlay {
@@ -140,4 +140,33 @@ impl Ledger for Overlay {
         }
         self.record.verify().await
     }
+
+    /// The real ledger's rows and the overlay's, merged in key order (a key in both once).
+    async fn sent_rows(&mut self, after: Option<&str>, limit: usize) -> Result<Vec<ExportRow>, LedgerError> {
+        let mut rows = self.record.sent_rows(after, limit).await?;
+        if let Some(base) = &mut self.base {
+            rows.extend(base.sent_rows(after, limit).await?);
+        }
+        Ok(merged(rows, limit))
+    }
+
+    async fn skipped_rows(&mut self) -> Result<Vec<ExportRow>, LedgerError> {
+        let mut rows = self.record.skipped_rows().await?;
+        if let Some(base) = &mut self.base {
+            rows.extend(base.skipped_rows().await?);
+        }
+        Ok(merged(rows, usize::MAX))
+    }
+}
+
+/// Rows sorted by key, the first of each key kept (the overlay's own come first), at most `limit`.
+fn merged(mut rows: Vec<ExportRow>, limit: usize) -> Vec<ExportRow> {
+    let key = |row: &ExportRow| match row {
+        ExportRow::Sent { key, .. } | ExportRow::Skipped { key, .. } => key.clone(),
+        ExportRow::Cursor { scope, .. } => scope.clone(),
+    };
+    rows.sort_by_key(key);
+    rows.dedup_by(|later, earlier| key(later) == key(earlier));
+    rows.truncate(limit);
+    rows
 }

@@ -24,8 +24,8 @@ use async_trait::async_trait;
 use tokio_postgres::{Client, Statement};
 
 use super::{
-    decode_values, encode_values, Claim, Counts, DeadLetter, KeyState, Ledger, LedgerError, SentItem, SkipReason,
-    SkippedItem, VALUES_BYTES,
+    decode_values, encode_values, Claim, Counts, DeadLetter, ExportRow, KeyState, Ledger, LedgerError, SentItem,
+    SkipReason, SkippedItem, VALUES_BYTES,
 };
 use crate::metrics::SentPoint;
 
@@ -656,6 +656,58 @@ impl Ledger for PgLedger {
         } else {
             Err(LedgerError::Damaged { path: self.describe(), detail: format!("{both} key(s) both sent and skipped") })
         }
+    }
+
+    async fn sent_rows(&mut self, after: Option<&str>, limit: usize) -> Result<Vec<ExportRow>, LedgerError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let after = after.unwrap_or("");
+        with_conn!(self, "exporting sent items", |conn| {
+            // The database's own order, for the comparison and the sort alike: the pages follow
+            // the primary key.
+            let statement = conn
+                .prepared(
+                    "SELECT run_key, point_key, completed_at, sent_at, gauges FROM sent_metrics
+                     WHERE run_key > $1 ORDER BY run_key LIMIT $2",
+                )
+                .await?;
+            let rows = conn.client.query(&statement, &[&after, &limit]).await?;
+            Ok(rows
+                .iter()
+                .map(|row| {
+                    let (gauges, tallies) = decode_values(row.get::<_, Option<&[u8]>>(4));
+                    ExportRow::Sent {
+                        key: row.get(0),
+                        point_key: row.get(1),
+                        timestamp: row.get(2),
+                        sent_at: row.get(3),
+                        gauges,
+                        tallies,
+                    }
+                })
+                .collect())
+        })
+    }
+
+    async fn skipped_rows(&mut self) -> Result<Vec<ExportRow>, LedgerError> {
+        with_conn!(self, "exporting skipped items", |conn| {
+            let rows = conn
+                .client
+                .query(
+                    "SELECT run_key, reason, completed_at, recorded_at, detail FROM skipped_runs ORDER BY run_key",
+                    &[],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|row| ExportRow::Skipped {
+                    key: row.get(0),
+                    reason: row.get(1),
+                    completed_at: row.get(2),
+                    recorded_at: row.get(3),
+                    detail: row.get(4),
+                })
+                .collect())
+        })
     }
 
     async fn claim(&mut self, claims: &[Claim], now_ms: i64) -> Result<Vec<bool>, LedgerError> {

@@ -31,8 +31,8 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
 use super::{
-    decode_values, encode_values, Counts, DeadLetter, KeyState, Ledger, LedgerError, SentItem, SkipReason, SkippedItem,
-    VALUES_BYTES,
+    decode_values, encode_values, Counts, DeadLetter, ExportRow, KeyState, Ledger, LedgerError, SentItem, SkipReason,
+    SkippedItem, VALUES_BYTES,
 };
 use crate::metrics::SentPoint;
 
@@ -378,6 +378,48 @@ impl Ledger for SqliteLedger {
             )
             .map(drop)
             .map_err(|source| self.query_error("saving a cursor", source))
+    }
+
+    async fn sent_rows(&mut self, after: Option<&str>, limit: usize) -> Result<Vec<ExportRow>, LedgerError> {
+        let query = || -> rusqlite::Result<Vec<ExportRow>> {
+            let mut statement = self.connection.prepare_cached(
+                "SELECT run_key, point_key, completed_at, sent_at, gauges FROM sent_metrics
+                 WHERE run_key > ?1 ORDER BY run_key LIMIT ?2",
+            )?;
+            let rows =
+                statement.query_map(params![after.unwrap_or(""), i64::try_from(limit).unwrap_or(i64::MAX)], |row| {
+                    let (gauges, tallies) = decode_values(row.get_ref(4)?.as_blob_or_null()?);
+                    Ok(ExportRow::Sent {
+                        key: row.get(0)?,
+                        point_key: row.get(1)?,
+                        timestamp: row.get(2)?,
+                        sent_at: row.get(3)?,
+                        gauges,
+                        tallies,
+                    })
+                })?;
+            rows.collect()
+        };
+        query().map_err(|source| self.query_error("exporting sent items", source))
+    }
+
+    async fn skipped_rows(&mut self) -> Result<Vec<ExportRow>, LedgerError> {
+        let query = || -> rusqlite::Result<Vec<ExportRow>> {
+            let mut statement = self.connection.prepare(
+                "SELECT run_key, reason, completed_at, recorded_at, detail FROM skipped_runs ORDER BY run_key",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok(ExportRow::Skipped {
+                    key: row.get(0)?,
+                    reason: row.get(1)?,
+                    completed_at: row.get(2)?,
+                    recorded_at: row.get(3)?,
+                    detail: row.get(4)?,
+                })
+            })?;
+            rows.collect()
+        };
+        query().map_err(|source| self.query_error("exporting skipped items", source))
     }
 
     async fn verify(&mut self) -> Result<(), LedgerError> {

@@ -199,3 +199,43 @@ fn check_names_a_permission_the_ledger_lacks() {
     out.expect_code(0);
     assert_eq!(out.stdout.lines().count(), 1);
 }
+
+#[test]
+fn a_sqlite_ledger_moves_into_postgres_with_export_and_import() {
+    let now = crate::support::fixtures::now();
+    let sqlite = Env::sqlite();
+    let intake = Intake::start();
+    // Sent runs, one run Datadog rejects (a dead letter) and one too old.
+    let (file, _) = tagged_runs(&sqlite, 30, "runs.ndjson");
+    intake.poison("branch:b7");
+    sqlite.send(&intake).arg(&file).run();
+    let old = crate::support::fixtures::spec(99).ago(2 * 3600);
+    let old_file = sqlite.file("old.json", crate::support::fixtures::rest_run(&old, now).to_string());
+    sqlite.send(&intake).arg(&old_file).run().expect_code(0);
+    let export = sqlite.command(["ledger", "export"]).run();
+    export.expect_code(0);
+    assert!(export.stderr.contains("exported 29 sent item(s), 2 skipped"), "{}", export.stderr);
+    let exported = sqlite.file("ledger.ndjson", &export.stdout);
+
+    let postgres = Env::postgres();
+    for _ in 0..2 {
+        let out = postgres.command(["ledger", "import"]).arg(&exported).run();
+        out.expect_code(0);
+        assert!(out.stderr.contains("imported 29 sent item(s), 2 skipped"), "{}", out.stderr);
+    }
+    for state in ["sent", "too-old", "dead"] {
+        let list = |env: &Env| env.command(["ledger", "list", "--state", state]).run().stdout;
+        assert_eq!(list(&postgres), list(&sqlite), "{state}");
+    }
+    assert_eq!(postgres.command(["ledger", "dead"]).run().stdout, sqlite.command(["ledger", "dead"]).run().stdout);
+    // The PostgreSQL ledger knows what was sent: nothing goes out twice.
+    intake.poison("branch:none");
+    let out = postgres.send(&intake).arg(&file).args(["--output", "json"]).run();
+    out.expect_code(0);
+    assert_eq!((out.json()["already_sent"].as_u64(), out.json()["dead_before"].as_u64()), (Some(29), Some(1)));
+    // A line that is not an exported row: named, exit 3.
+    let bad = postgres.file("bad.ndjson", "{\"kind\":\"sent\",\"key\":\"x\"}\n");
+    let out = postgres.command(["ledger", "import"]).arg(&bad).run();
+    out.expect_code(3);
+    assert!(out.stderr.contains("bad.ndjson line 1"), "{}", out.stderr);
+}

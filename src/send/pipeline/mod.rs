@@ -44,6 +44,9 @@ use crate::source::{self, FileSource, Message, Source};
 /// Invalid records reported on stderr one by one before they are only counted.
 const WARN_LIMIT: u64 = 10;
 
+/// Items waiting for points other invocations hold, past which they are looked up again.
+const CONTENDED_LIMIT: usize = 8_192;
+
 /// How often points another invocation holds are asked for again (a shared ledger).
 const CLAIM_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -116,6 +119,7 @@ pub async fn send_from(
         deferred: Vec::new(),
         contended: Vec::new(),
         contended_since: FastMap::default(),
+        contended_limit: CONTENDED_LIMIT,
         retrying: false,
         next_request: 1,
         planner: metrics::Planner::new(config.spec.clone()),
@@ -281,6 +285,8 @@ struct Pipeline<'a> {
     /// A shared ledger: items whose points another invocation holds, since when, waiting for
     /// them (up to `--claim-wait`).
     contended: Vec<(Instant, Vec<Planned>)>,
+    /// How many items may wait in `contended` before they are looked up again.
+    contended_limit: usize,
     /// When each point in `contended` was first found held once retries began.
     contended_since: FastMap<i64, Instant>,
     /// Whether retries of contended items began (the wait is counted from then: an early item
@@ -526,6 +532,23 @@ impl Pipeline<'_> {
                 .unwrap_or(now);
             self.log.note(&format!("note: {} item(s) wait for points another invocation holds", held.len()));
             self.contended.push((since, held));
+            // Memory stays bounded: past a few batches, what waits is looked up again, and what
+            // its holders sent meanwhile is settled.
+            if self.contended.iter().map(|(_, items)| items.len()).sum::<usize>() > self.contended_limit {
+                for (since, waiting) in std::mem::take(&mut self.contended) {
+                    let Some(waiting) = self.settle_sent_elsewhere(waiting).await else {
+                        self.summary.failed += items.len() as u64;
+                        self.let_go(&items).await;
+                        return None;
+                    };
+                    if !waiting.is_empty() {
+                        self.contended.push((since, waiting));
+                    }
+                }
+                // Looked up again only once as many more wait: the cost stays linear.
+                let waiting: usize = self.contended.iter().map(|(_, items)| items.len()).sum();
+                self.contended_limit = waiting + CONTENDED_LIMIT;
+            }
         }
         if items.is_empty() {
             return Some(items);
