@@ -264,6 +264,12 @@ pub trait Ledger: Send {
         Ok(())
     }
 
+    /// Locks on source scopes for the rest of this invocation, when others may share the
+    /// ledger (PostgreSQL: advisory locks on a connection of their own).
+    fn scope_locks(&self) -> Option<Box<dyn crate::source::ScopeLocks>> {
+        None
+    }
+
     /// Gives back every claim this invocation still holds (its end): items it did not send are
     /// free for others at once rather than when the lease ends.
     async fn release_all(&mut self) -> Result<(), LedgerError> {

@@ -231,6 +231,8 @@ pub struct PgLedger {
     reconnect_deadline: Duration,
     /// Points of items marked since claims were last given back.
     marked: Vec<Claim>,
+    /// Locks on source scopes, shared with the sources and held as long as the ledger lives.
+    scope_locks: PgScopeLocks,
 }
 
 /// Marked points given back in one statement.
@@ -284,6 +286,7 @@ impl PgLedger {
             lease,
             reconnect_deadline: Duration::from_secs(60),
             marked: Vec::new(),
+            scope_locks: PgScopeLocks { target: target.clone(), held: Default::default() },
         }
     }
 
@@ -293,17 +296,7 @@ impl PgLedger {
     }
 
     async fn connect(&self) -> Result<Conn, tokio_postgres::Error> {
-        let config = &self.target.config;
-        let client = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
-            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-            tokio::spawn(async move { drop(connection.await) });
-            client
-        } else {
-            let (client, connection) = config.connect(tls()).await?;
-            tokio::spawn(async move { drop(connection.await) });
-            client
-        };
-        Ok(Conn { client, statements: HashMap::new() })
+        Ok(Conn { client: connect(&self.target).await?, statements: HashMap::new() })
     }
 
     /// After `error`: whether to try again (the connection was lost and the deadline is not
@@ -384,6 +377,71 @@ impl PgLedger {
     }
 }
 
+/// A connection to `target`, its driver spawned on the current runtime.
+async fn connect(target: &PgTarget) -> Result<Client, tokio_postgres::Error> {
+    let config = &target.config;
+    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(async move { drop(connection.await) });
+        Ok(client)
+    } else {
+        let (client, connection) = config.connect(tls()).await?;
+        tokio::spawn(async move { drop(connection.await) });
+        Ok(client)
+    }
+}
+
+/// Locks on source scopes (`pg_try_advisory_lock`), held by a connection of their own until the
+/// invocation ends (the ledger keeps it, so the locks outlive the reading of the sources until
+/// their cursors are saved): the server releases them when that connection closes, however the
+/// process ends (kill -9 included), so no lease is needed. Used from the reader thread, which is
+/// not in a runtime: each call drives the connection on a runtime of its own.
+#[derive(Clone)]
+struct PgScopeLocks {
+    target: PgTarget,
+    held: std::sync::Arc<std::sync::Mutex<LockConnection>>,
+}
+
+/// The scope locks' connection and the runtime that drives it.
+#[derive(Default)]
+struct LockConnection {
+    client: Option<Client>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for LockConnection {
+    fn drop(&mut self) {
+        // Closing the connection releases the locks; the runtime may be dropped from async code.
+        self.client = None;
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl crate::source::ScopeLocks for PgScopeLocks {
+    fn try_lock(&mut self, scope: &str) -> Result<bool, String> {
+        let describe = |error: tokio_postgres::Error| crate::error::error_chain(&error);
+        let mut held = self.held.lock().map_err(|_| "the scope locks were poisoned".to_owned())?;
+        if held.client.is_none() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|error| error.to_string())?;
+            held.client = Some(runtime.block_on(connect(&self.target)).map_err(describe)?);
+            held.runtime = Some(runtime);
+        }
+        let (Some(runtime), Some(client)) = (held.runtime.as_ref(), held.client.as_ref()) else {
+            unreachable!("connected above")
+        };
+        let key = format!("workflow-metrics scope {scope}");
+        runtime
+            .block_on(client.query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&key]))
+            .map(|row| row.get(0))
+            .map_err(describe)
+    }
+}
+
 /// The TLS connector for `sslmode=prefer|require`: rustls with the Mozilla roots.
 fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
     let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
@@ -422,6 +480,10 @@ impl Ledger for PgLedger {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn scope_locks(&self) -> Option<Box<dyn crate::source::ScopeLocks>> {
+        Some(Box::new(self.scope_locks.clone()))
     }
 
     async fn states(&mut self, keys: &[&str]) -> Result<Vec<KeyState>, LedgerError> {

@@ -72,6 +72,15 @@ pub enum SourceEvent {
     Checkpoint(Checkpoint),
 }
 
+/// Locks on cursor scopes (one repository each) held for the rest of an invocation, so that
+/// invocations sharing a ledger never work on one scope at the same moment (a repository polled
+/// twice spends quota twice). Given by the ledger; the source knows nothing more of it.
+pub trait ScopeLocks: Send {
+    /// Takes the lock of `scope` without waiting: false when another invocation holds it. Errors
+    /// are the lock's to report (as a log line) and count as held elsewhere.
+    fn try_lock(&mut self, scope: &str) -> Result<bool, String>;
+}
+
 /// Requests a remote source made, and the quota its service said is left.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SourceUsage {
@@ -102,6 +111,11 @@ pub trait Source: Send {
     /// The cursors the ledger kept under [`Source::scope_prefix`], before [`Source::run`].
     fn resume(&mut self, cursors: HashMap<String, String>) {
         let _ = cursors;
+    }
+    /// A ledger many invocations share lends its scope locks, before [`Source::run`]: the
+    /// source works on a scope only while it holds the scope's lock.
+    fn share_scopes(&mut self, locks: Box<dyn ScopeLocks>) {
+        let _ = locks;
     }
     fn run(&mut self, bytes_read: &AtomicU64, emit: &mut dyn FnMut(SourceEvent) -> Result<(), Stop>);
 }

@@ -7,11 +7,11 @@ use crate::support::fixtures;
 use crate::support::github::{GhRun, GithubStandIn, GITHUB_TOKEN};
 use crate::support::{Env, Intake, Output, Reply, API_KEY, BIN};
 
-const REPO: &str = "octo-org/octo-repo";
+pub(crate) const REPO: &str = "octo-org/octo-repo";
 const TOTAL: &str = "github.actions.workflow_run.total";
 
 /// One cron pass over `REPO`.
-fn pass(env: &Env, intake: &Intake, github: &GithubStandIn, extra: &[&str]) -> Output {
+pub(crate) fn pass(env: &Env, intake: &Intake, github: &GithubStandIn, extra: &[&str]) -> Output {
     env.send(intake)
         .args(["--github", REPO, "--github-api-url", &github.url(), "--since", "2h", "--output", "json"])
         .args(extra)
@@ -484,7 +484,7 @@ fn a_missing_or_rejected_token_stops_before_anything_is_sent() {
 }
 
 /// A pass as a child process, to run two at once or to kill one.
-fn spawn_pass(env: &Env, intake: &Intake, github: &GithubStandIn, extra: &[&str]) -> Child {
+pub(crate) fn spawn_pass(env: &Env, intake: &Intake, github: &GithubStandIn, extra: &[&str]) -> Child {
     Command::new(BIN)
         .current_dir(env.dir.path())
         .args(["send", "--github", REPO, "--github-api-url", &github.url(), "--since", "2h"])

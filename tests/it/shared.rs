@@ -239,3 +239,36 @@ fn a_sqlite_ledger_moves_into_postgres_with_export_and_import() {
     out.expect_code(3);
     assert!(out.stderr.contains("bad.ndjson line 1"), "{}", out.stderr);
 }
+
+#[test]
+fn a_repository_is_polled_by_one_invocation_at_a_time() {
+    use crate::github::{pass, spawn_pass, REPO};
+    use crate::support::github::{GhRun, GithubStandIn};
+    let now = crate::support::fixtures::now();
+    let env = Env::postgres();
+    let intake = Intake::start();
+    let github = GithubStandIn::start();
+    github.add((1..=30).map(|id| GhRun::completed(REPO, id, now - 1800 + id as i64)));
+    // The first pass holds the repository while its requests are slow to be answered.
+    let receiver = intake.arrivals();
+    intake.latency(Duration::from_millis(500));
+    let first = spawn_pass(&env, &intake, &github, &["--batch-size", "10", "--concurrency", "1"]);
+    assert_eq!(receiver.recv().unwrap(), 0);
+    // A second one meanwhile leaves the repository to it: no GitHub request, nothing sent.
+    let out = pass(&env, &intake, &github, &[]);
+    out.expect_code(0);
+    assert_eq!(
+        (out.json()["sent"].as_u64(), out.json()["github_requests"].as_u64()),
+        (Some(0), Some(0)),
+        "{}",
+        out.stdout
+    );
+    assert!(env.logs().iter().any(|log| log.contains("is being polled by another invocation")));
+    let first = first.wait_with_output().unwrap();
+    assert_eq!(first.status.code(), Some(0), "{}", String::from_utf8_lossy(&first.stderr));
+    assert_eq!(env.sent_keys().len(), 30);
+    // Once the first has ended, the repository is free again.
+    intake.latency(Duration::ZERO);
+    pass(&env, &intake, &github, &[]).expect_code(0);
+    assert!(!env.logs().last().unwrap().contains("being polled by another invocation"));
+}

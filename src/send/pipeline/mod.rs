@@ -92,6 +92,9 @@ pub async fn send_from(
     // Sources that keep cursors resume from what the ledger kept (a dry run: its record first).
     for source in &mut sources {
         if let Some(prefix) = source.scope_prefix() {
+            if let Some(locks) = ledger.scope_locks() {
+                source.share_scopes(locks);
+            }
             source.resume(ledger.cursors(&prefix).await?);
         }
     }

@@ -173,6 +173,8 @@ pub struct GithubSource {
     cursors: HashMap<String, String>,
     /// `--jobs`: each new run's jobs are fetched and handed over with it.
     jobs: bool,
+    /// A shared ledger's locks: a repository is polled only while this invocation holds its lock.
+    locks: Option<Box<dyn crate::source::ScopeLocks>>,
 }
 
 impl GithubSource {
@@ -183,7 +185,7 @@ impl GithubSource {
         rescan: RescanPolicy,
         policy: RetryPolicy,
     ) -> GithubSource {
-        GithubSource { client, repositories, since, rescan, policy, cursors: HashMap::new(), jobs: false }
+        GithubSource { client, repositories, since, rescan, policy, cursors: HashMap::new(), jobs: false, locks: None }
     }
 
     /// Fetch each new run's jobs too (`--jobs`).
@@ -270,6 +272,10 @@ impl Source for GithubSource {
         self.cursors = cursors;
     }
 
+    fn share_scopes(&mut self, locks: Box<dyn crate::source::ScopeLocks>) {
+        self.locks = Some(locks);
+    }
+
     fn run(&mut self, _: &AtomicU64, emit: &mut dyn FnMut(SourceEvent) -> Result<(), Stop>) {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => runtime,
@@ -304,6 +310,21 @@ impl Source for GithubSource {
         repos.dedup_by_key(|(owner, name)| scope(owner, name));
         for (owner, name) in repos {
             let scope = scope(&owner, &name);
+            // Another invocation sharing the ledger is polling it: its runs are in hand there.
+            if let Some(locks) = &mut self.locks {
+                let note = match locks.try_lock(&scope) {
+                    Ok(true) => None,
+                    Ok(false) => Some(format!("note: {scope} is being polled by another invocation; skipped")),
+                    Err(error) => Some(format!("note: {scope} skipped: its lock could not be taken ({error})")),
+                };
+                if let Some(note) = note {
+                    tracing::info!("{note}");
+                    if emit(SourceEvent::Log(note)).is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            }
             let pass = Pass::new(self, &runtime, &owner, &name, &scope, &mut shutdown);
             match pass.run(emit) {
                 Ok(()) => {}
