@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::model::{Entity, Item};
 
+mod distributions;
 mod job;
 mod quota;
 mod run;
@@ -343,49 +344,6 @@ impl SeriesSpec {
                     });
                 }
             }
-        }
-        series
-    }
-}
-
-impl SeriesSpec {
-    /// The distribution series of `items` (`--distributions`): for each duration gauge, one
-    /// value per item that has it, at the item's timestamp, grouped by tag set. Not summed, not
-    /// read back from the ledger: Datadog adds every value it receives to the distribution.
-    pub fn distributions(&self, items: &[Planned]) -> Vec<Series> {
-        let mut index: foldhash::HashMap<(TagSetKey<'_>, usize), usize> = foldhash::HashMap::default();
-        let mut series: Vec<Series> = Vec::new();
-        let mut names: Vec<((Entity, usize), Arc<str>)> = Vec::new();
-        for planned in items {
-            let family = family(planned.item.entity());
-            for (slot, gauge) in family.gauges.iter().enumerate() {
-                let Some(value) = planned.gauges[slot].filter(|_| gauge.distribution) else { continue };
-                let key = (TagSetKey { hash: planned.tag_hash, tags: &planned.tags }, slot);
-                let at = *index.entry(key).or_insert_with(|| {
-                    let metric = match names.iter().find(|(of, _)| *of == (family.entity, slot)) {
-                        Some((_, name)) => name.clone(),
-                        None => {
-                            let name: Arc<str> =
-                                format!("{}.{}.{}{DISTRIBUTION_SUFFIX}", self.prefix, family.entity.name(), gauge.name)
-                                    .into();
-                            names.push(((family.entity, slot), name.clone()));
-                            name
-                        }
-                    };
-                    series.push(Series {
-                        metric,
-                        kind: MetricKind::Distribution,
-                        unit: None,
-                        tags: planned.tags.clone(),
-                        points: Vec::new(),
-                    });
-                    series.len() - 1
-                });
-                series[at].points.push((planned.timestamp, value));
-            }
-        }
-        for one in &mut series {
-            one.points.sort_by_key(|&(timestamp, _)| timestamp);
         }
         series
     }

@@ -23,6 +23,16 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio_postgres::{Client, Statement};
 
+mod connection;
+mod target;
+#[cfg(test)]
+mod tests;
+
+use connection::{connect, is_connection_error, PgScopeLocks};
+#[cfg(test)]
+pub(crate) use target::testing;
+pub use target::{is_url, PgTarget};
+
 use super::{
     decode_values, encode_values, Claim, Counts, DeadLetter, ExportRow, KeyState, Ledger, LedgerError, SentItem,
     SkipReason, SkippedItem, VALUES_BYTES,
@@ -70,105 +80,6 @@ pub const PG_SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// The advisory lock key that serialises migrations: "wfmetric" in ASCII.
 const MIGRATION_LOCK: i64 = 0x7766_6d65_7472_6963;
-
-/// Where a PostgreSQL ledger is: the connection settings (with the password, if any) and the
-/// URL as shown everywhere, which never carries it.
-#[derive(Clone)]
-pub struct PgTarget {
-    config: tokio_postgres::Config,
-    shown: String,
-}
-
-impl std::fmt::Debug for PgTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("PgTarget").field(&self.shown).finish()
-    }
-}
-
-impl std::fmt::Display for PgTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.shown)
-    }
-}
-
-/// Whether `text` names a PostgreSQL ledger rather than a SQLite file.
-pub fn is_url(text: &str) -> bool {
-    text.starts_with("postgres://") || text.starts_with("postgresql://")
-}
-
-impl PgTarget {
-    /// Reads a `postgres://` URL (libpq's syntax, `sslmode` and all). Without a password in the
-    /// URL, `env_password` (`PGPASSWORD`) serves, else the first matching line of `pgpass` (the
-    /// content of `~/.pgpass` or `PGPASSFILE`), as libpq does.
-    ///
-    /// # Errors
-    /// The URL is not one libpq would take; the message never repeats it (it may hold a password).
-    pub fn parse(url: &str, env_password: Option<&str>, pgpass: Option<&str>) -> Result<PgTarget, String> {
-        let mut config: tokio_postgres::Config =
-            url.parse().map_err(|error| format!("not a PostgreSQL URL libpq would take ({error})"))?;
-        if config.get_user().is_none_or(str::is_empty) {
-            return Err("the URL names no user (postgres://USER@HOST/DATABASE)".to_owned());
-        }
-        let host = match config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-            #[cfg(unix)]
-            Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
-            None => {
-                config.host("localhost");
-                "localhost".to_owned()
-            }
-        };
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        let user = config.get_user().unwrap_or_default().to_owned();
-        let database = config.get_dbname().map_or_else(|| user.clone(), str::to_owned);
-        if config.get_password().is_none() {
-            let found = env_password
-                .map(str::to_owned)
-                .or_else(|| pgpass.and_then(|text| pgpass_lookup(text, &host, port, &database, &user)));
-            if let Some(password) = found {
-                config.password(password);
-            }
-        }
-        config.application_name("workflow-metrics");
-        config.connect_timeout(Duration::from_secs(10));
-        let shown = format!("postgres://{user}@{host}:{port}/{database}");
-        Ok(PgTarget { config, shown })
-    }
-}
-
-/// The password of the first `~/.pgpass` line matching (host:port:database:user:password, `*`
-/// for any, `\` escaping `:` and `\`).
-fn pgpass_lookup(text: &str, host: &str, port: u16, database: &str, user: &str) -> Option<String> {
-    let port = port.to_string();
-    for line in text.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let mut fields = Vec::with_capacity(5);
-        let mut field = String::new();
-        let mut chars = line.chars();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => field.extend(chars.next()),
-                ':' if fields.len() < 4 => fields.push(std::mem::take(&mut field)),
-                c => field.push(c),
-            }
-        }
-        fields.push(field);
-        if fields.len() != 5 {
-            continue;
-        }
-        let matches = |pattern: &str, value: &str| pattern == "*" || pattern == value;
-        if matches(&fields[0], host)
-            && matches(&fields[1], &port)
-            && matches(&fields[2], database)
-            && matches(&fields[3], user)
-        {
-            return fields.pop();
-        }
-    }
-    None
-}
 
 /// One connection and the statements prepared on it.
 struct Conn {
@@ -286,7 +197,7 @@ impl PgLedger {
             lease,
             reconnect_deadline: Duration::from_secs(60),
             marked: Vec::new(),
-            scope_locks: PgScopeLocks { target: target.clone(), held: Default::default() },
+            scope_locks: PgScopeLocks::new(target),
         }
     }
 
@@ -375,97 +286,6 @@ impl PgLedger {
         }
         Ok(())
     }
-}
-
-/// A connection to `target`, its driver spawned on the current runtime.
-async fn connect(target: &PgTarget) -> Result<Client, tokio_postgres::Error> {
-    let config = &target.config;
-    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
-        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-        tokio::spawn(async move { drop(connection.await) });
-        Ok(client)
-    } else {
-        let (client, connection) = config.connect(tls()).await?;
-        tokio::spawn(async move { drop(connection.await) });
-        Ok(client)
-    }
-}
-
-/// Locks on source scopes (`pg_try_advisory_lock`), held by a connection of their own until the
-/// invocation ends (the ledger keeps it, so the locks outlive the reading of the sources until
-/// their cursors are saved): the server releases them when that connection closes, however the
-/// process ends (kill -9 included), so no lease is needed. Used from the reader thread, which is
-/// not in a runtime: each call drives the connection on a runtime of its own.
-#[derive(Clone)]
-struct PgScopeLocks {
-    target: PgTarget,
-    held: std::sync::Arc<std::sync::Mutex<LockConnection>>,
-}
-
-/// The scope locks' connection and the runtime that drives it.
-#[derive(Default)]
-struct LockConnection {
-    client: Option<Client>,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Drop for LockConnection {
-    fn drop(&mut self) {
-        // Closing the connection releases the locks; the runtime may be dropped from async code.
-        self.client = None;
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-impl crate::source::ScopeLocks for PgScopeLocks {
-    fn try_lock(&mut self, scope: &str) -> Result<bool, String> {
-        let describe = |error: tokio_postgres::Error| crate::error::error_chain(&error);
-        let mut held = self.held.lock().map_err(|_| "the scope locks were poisoned".to_owned())?;
-        if held.client.is_none() {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|error| error.to_string())?;
-            held.client = Some(runtime.block_on(connect(&self.target)).map_err(describe)?);
-            held.runtime = Some(runtime);
-        }
-        let (Some(runtime), Some(client)) = (held.runtime.as_ref(), held.client.as_ref()) else {
-            unreachable!("connected above")
-        };
-        let key = format!("workflow-metrics scope {scope}");
-        runtime
-            .block_on(client.query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&key]))
-            .map(|row| row.get(0))
-            .map_err(describe)
-    }
-}
-
-/// The TLS connector for `sslmode=prefer|require`: rustls with the Mozilla roots.
-fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
-    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    let config =
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    tokio_postgres_rustls::MakeRustlsConnect::new(config)
-}
-
-/// Whether `error` is about the connection (gone, refused, reset) rather than the statement.
-fn is_connection_error(error: &tokio_postgres::Error) -> bool {
-    if error.is_closed() {
-        return true;
-    }
-    if let Some(db) = error.as_db_error() {
-        // Class 08: connection exceptions; 57P01-57P03: the server shutting down or starting.
-        let code = db.code().code();
-        return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03");
-    }
-    // No server error: an I/O error on the socket.
-    std::error::Error::source(error).is_some_and(|source| source.is::<std::io::Error>())
 }
 
 #[async_trait]
@@ -868,95 +688,5 @@ impl Drop for PgLedger {
                 let _ = conn.client.execute("DELETE FROM claims WHERE owner = $1", &[&owner]).await;
             });
         }
-    }
-}
-
-#[cfg(test)]
-pub(crate) mod testing {
-    //! A real PostgreSQL server for the tests: `WORKFLOW_METRICS_TEST_POSTGRES` names one where
-    //! the user may create databases (`scripts/test` starts a throwaway one); each test gets a
-    //! database of its own.
-    use super::*;
-
-    /// The server's URL; its absence fails the test, loudly.
-    #[allow(clippy::disallowed_methods, reason = "the tests find their server in the environment")]
-    pub(crate) fn server_url() -> String {
-        std::env::var("WORKFLOW_METRICS_TEST_POSTGRES").unwrap_or_else(|_| {
-            panic!("the PostgreSQL ledger's tests need a server: run scripts/test (it starts one), or set WORKFLOW_METRICS_TEST_POSTGRES=postgres://USER:PASSWORD@HOST:PORT/DB")
-        })
-    }
-
-    /// A new, empty database on the test server.
-    pub(crate) async fn fresh_database() -> PgTarget {
-        let url = server_url();
-        let admin = PgTarget::parse(&url, None, None).expect("WORKFLOW_METRICS_TEST_POSTGRES is a PostgreSQL URL");
-        let (client, connection) = admin.config.connect(tokio_postgres::NoTls).await.expect("the test server answers");
-        tokio::spawn(async move { drop(connection.await) });
-        let name = format!("wm_unit_{:016x}", fastrand::u64(..));
-        client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-        let mut config = admin.config.clone();
-        config.dbname(&name);
-        let shown = admin.shown.rsplit_once('/').map_or(admin.shown.clone(), |(base, _)| format!("{base}/{name}"));
-        PgTarget { config, shown }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_never_show_the_password_and_pgpass_fills_it_in() {
-        let target =
-            PgTarget::parse("postgres://alice:s3cret@db.example:6543/metrics?sslmode=require", None, None).unwrap();
-        assert_eq!(target.to_string(), "postgres://alice@db.example:6543/metrics");
-        assert!(!format!("{target:?}").contains("s3cret"));
-        assert_eq!(target.config.get_password(), Some(&b"s3cret"[..]));
-        let pgpass = "# comment\nother:5432:*:alice:nope\ndb.example:6543:metrics:alice:from\\:pgpass\n";
-        let target = PgTarget::parse("postgresql://alice@db.example:6543/metrics", None, Some(pgpass)).unwrap();
-        assert_eq!(target.config.get_password(), Some(&b"from:pgpass"[..]));
-        let target = PgTarget::parse("postgresql://alice@db.example:6543/metrics", Some("env"), Some(pgpass)).unwrap();
-        assert_eq!(target.config.get_password(), Some(&b"env"[..]), "PGPASSWORD first, as libpq");
-        let error = PgTarget::parse("postgres://:pw@/", None, None).unwrap_err();
-        assert!(!error.contains("pw"), "{error}");
-        assert!(is_url("postgresql://x@y/z") && !is_url("cache/metrics.db"));
-    }
-}
-
-#[cfg(test)]
-mod claims {
-    use super::*;
-    use crate::ledger::SentItem;
-
-    fn point(timestamp: i64, point_key: i64) -> Claim {
-        Claim { timestamp, point_key }
-    }
-
-    #[tokio::test]
-    async fn a_point_is_held_by_one_invocation_until_marked_released_or_lapsed() {
-        let target = testing::fresh_database().await;
-        let mut a = PgLedger::open(&target, Duration::from_secs(60)).await.unwrap();
-        let mut b = PgLedger::open(&target, Duration::from_secs(60)).await.unwrap();
-        assert_eq!(a.claim(&[point(1, 10), point(1, 11), point(1, 10)], 1_000).await.unwrap(), [true, true, true]);
-        assert_eq!(
-            b.claim(&[point(1, 10), point(2, 10)], 1_000).await.unwrap(),
-            [false, true],
-            "the same key at another second is another point"
-        );
-        assert_eq!(a.claim(&[point(1, 10)], 2_000).await.unwrap(), [true], "a holder claims again");
-        // Marked points are given back in bulk (release_marked); releasing gives points back.
-        let item = SentItem { key: "k", point_key: 10, timestamp: 1, gauges: [None; 3], tallies: [0; 2] };
-        a.mark_sent(&[item], 3_000).await.unwrap();
-        assert_eq!(b.claim(&[point(1, 10)], 3_000).await.unwrap(), [false], "kept until given back in bulk");
-        a.release_marked().await.unwrap();
-        assert_eq!(b.claim(&[point(1, 10), point(1, 11)], 3_000).await.unwrap(), [true, false]);
-        a.release(&[point(1, 11)]).await.unwrap();
-        assert_eq!(b.claim(&[point(1, 11)], 3_000).await.unwrap(), [true]);
-        // A holder that died: its claims lapse when its lease ends, not before.
-        let mut c = PgLedger::open(&target, Duration::from_secs(60)).await.unwrap();
-        assert_eq!(c.claim(&[point(1, 10)], 3_000).await.unwrap(), [false]);
-        std::mem::forget(b);
-        assert_eq!(c.claim(&[point(1, 10)], 3_000 + 59_000).await.unwrap(), [false]);
-        assert_eq!(c.claim(&[point(1, 10)], 3_000 + 61_000).await.unwrap(), [true]);
     }
 }

@@ -1,0 +1,139 @@
+//! A shared ledger (PostgreSQL): items are sent only under a claim on their points. Points another
+//! invocation holds wait (`contended`) and are asked for again once the input is read; items it
+//! sent meanwhile are settled as already sent, never sent twice.
+
+use std::time::Instant;
+
+use super::{Pipeline, CONTENDED_LIMIT};
+use crate::ledger::{Claim, KeyState};
+use crate::metrics::Planned;
+
+impl Pipeline<'_> {
+    /// Claims the points of `items` in the shared ledger. Items whose points another invocation
+    /// holds wait in `contended`; items it sent meanwhile (found again in the ledger) are settled
+    /// as already sent. What is left to send, or `None` when the ledger failed.
+    pub(super) async fn claim(&mut self, items: Vec<Planned>, now_ms: i64) -> Option<Vec<Planned>> {
+        let claims: Vec<Claim> =
+            items.iter().map(|planned| Claim { timestamp: planned.timestamp, point_key: planned.point_key }).collect();
+        let granted = match self.ledger.claim(&claims, now_ms).await {
+            Ok(granted) => granted,
+            Err(error) => {
+                self.abandon(items, &error).await;
+                return None;
+            }
+        };
+        let mut granted = granted.into_iter();
+        let (items, held): (Vec<Planned>, Vec<Planned>) =
+            items.into_iter().partition(|_| granted.next().unwrap_or(false));
+        for planned in &items {
+            self.contended_since.remove(&planned.point_key);
+        }
+        // Held by another invocation: those it sent are settled now; the rest wait for it.
+        let Some(held) = self.settle_sent_elsewhere(held).await else {
+            // The ledger failed (the invocation halts): what was claimed is not sent either.
+            self.summary.failed += items.len() as u64;
+            self.let_go(&items).await;
+            return None;
+        };
+        if !held.is_empty() {
+            // The wait counts from when a point was first found held, however often it is retried.
+            let now = Instant::now();
+            let since = held
+                .iter()
+                .map(|planned| *self.contended_since.entry(planned.point_key).or_insert(now))
+                .min()
+                .unwrap_or(now);
+            self.log.note(&format!("note: {} item(s) wait for points another invocation holds", held.len()));
+            self.contended.push((since, held));
+            // Memory stays bounded: past a few batches, what waits is looked up again, and what
+            // its holders sent meanwhile is settled.
+            if self.contended.iter().map(|(_, items)| items.len()).sum::<usize>() > self.contended_limit {
+                for (since, waiting) in std::mem::take(&mut self.contended) {
+                    let Some(waiting) = self.settle_sent_elsewhere(waiting).await else {
+                        self.summary.failed += items.len() as u64;
+                        self.let_go(&items).await;
+                        return None;
+                    };
+                    if !waiting.is_empty() {
+                        self.contended.push((since, waiting));
+                    }
+                }
+                // Looked up again only once as many more wait: the cost stays linear.
+                let waiting: usize = self.contended.iter().map(|(_, items)| items.len()).sum();
+                self.contended_limit = waiting + CONTENDED_LIMIT;
+            }
+        }
+        if items.is_empty() {
+            return Some(items);
+        }
+        // Another invocation may have sent or recorded some of them between the first look-up
+        // and the claim: they are settled here, not sent twice.
+        self.settle_sent_elsewhere(items).await
+    }
+
+    /// Items another invocation sent (or dead-lettered) since they were looked up are settled as
+    /// already sent; the others are given back, or `None` when the ledger failed. (Recorded too
+    /// old by another invocation: this one planned it to send, with --historical, --stamp-now
+    /// or its own clock.)
+    async fn settle_sent_elsewhere(&mut self, items: Vec<Planned>) -> Option<Vec<Planned>> {
+        if items.is_empty() {
+            return Some(items);
+        }
+        let keys: Vec<&str> = items.iter().map(|planned| planned.item.key()).collect();
+        let states = match self.ledger.states(&keys).await {
+            Ok(states) => states,
+            Err(error) => {
+                self.abandon(items, &error).await;
+                return None;
+            }
+        };
+        let mut states = states.into_iter();
+        let (items, settled): (Vec<Planned>, Vec<Planned>) =
+            items.into_iter().partition(|_| !matches!(states.next(), Some(KeyState::Sent | KeyState::Dead)));
+        if !settled.is_empty() {
+            for planned in &settled {
+                self.summary.already_sent += 1;
+                self.log.skip("already_sent", planned.item.key(), Some("by another invocation"));
+                self.pending_keys.remove(planned.item.key());
+                self.checkpoints.settle(planned.chunk);
+                self.contended_since.remove(&planned.point_key);
+            }
+            self.save_cursors().await;
+        }
+        Some(items)
+    }
+
+    /// Items that waited for points another invocation held are tried again; those that waited
+    /// longer than `--claim-wait` are left to it (unsettled: no cursor moves past them).
+    pub(super) async fn retry_contended(&mut self) {
+        // What this invocation marked is free for others first: two invocations waiting for
+        // each other's points would otherwise both wait until --claim-wait.
+        if let Err(error) = self.ledger.release_marked().await {
+            return self.ledger_failed(&error);
+        }
+        if !self.retrying {
+            self.retrying = true;
+            self.contended_since.clear();
+            let now = Instant::now();
+            for (since, _) in &mut self.contended {
+                *since = now;
+            }
+        }
+        let wait = self.config.claim_wait;
+        for (since, items) in std::mem::take(&mut self.contended) {
+            if since.elapsed() >= wait {
+                self.summary.claimed_elsewhere += items.len() as u64;
+                for planned in &items {
+                    self.log.skip("claimed_elsewhere", planned.item.key(), None);
+                    self.pending_keys.remove(planned.item.key());
+                    self.contended_since.remove(&planned.point_key);
+                }
+                tracing::warn!(items = items.len(), "points held by another invocation past --claim-wait: left to it");
+            } else {
+                self.split_queue.push_back(items);
+            }
+        }
+        // Re-queued items are claimed again as they are dispatched.
+        self.dispatch_ready(false).await;
+    }
+}
