@@ -146,6 +146,15 @@ pub struct Claim {
     pub point_key: i64,
 }
 
+/// What [`Ledger::claim_and_look_up`] found: per claim whether it is held, per key its state,
+/// and what was sent to the claimed points.
+#[derive(Debug, Default)]
+pub struct ClaimedLookUp {
+    pub granted: Vec<bool>,
+    pub states: Vec<KeyState>,
+    pub sent: HashMap<i64, SentPoint>,
+}
+
 /// One row of a ledger as `ledger export` writes it (a JSON line) and `ledger import` reads it:
 /// how a ledger moves from one backend to another.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -242,6 +251,23 @@ pub trait Ledger: Send {
     async fn claim(&mut self, claims: &[Claim], now_ms: i64) -> Result<Vec<bool>, LedgerError> {
         let _ = now_ms;
         Ok(vec![true; claims.len()])
+    }
+
+    /// Claims points (as [`Ledger::claim`]), then looks up the items' keys (as
+    /// [`Ledger::states`]) and what was sent to the claimed points (as [`Ledger::sent_points`]).
+    /// The look-ups come after the claim: whatever another invocation marked before giving a
+    /// point up is seen. A backend that can pipeline does it in one round trip.
+    async fn claim_and_look_up(
+        &mut self,
+        claims: &[Claim],
+        keys: &[&str],
+        now_ms: i64,
+    ) -> Result<ClaimedLookUp, LedgerError> {
+        let granted = self.claim(claims, now_ms).await?;
+        let states = self.states(keys).await?;
+        let points: Vec<(i64, i64)> = claims.iter().map(|claim| (claim.timestamp, claim.point_key)).collect();
+        let sent = self.sent_points(&points).await?;
+        Ok(ClaimedLookUp { granted, states, sent })
     }
 
     /// Gives claims back (their items were not sent after all), so that others need not wait

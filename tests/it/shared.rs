@@ -145,7 +145,12 @@ fn the_password_is_never_shown_and_a_wrong_one_is_a_clear_error() {
     let out =
         env.command(["check"]).var("DD_API_KEY", crate::support::API_KEY).arg("--api-url").arg(intake.url()).run();
     out.expect_code(0);
-    assert!(out.stderr.contains(&shown) && out.stderr.contains("schema 1"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&shown)
+            && out.stderr.contains(&format!("schema {}", workflow_metrics::ledger::PG_SCHEMA_VERSION)),
+        "{}",
+        out.stderr
+    );
     for text in [&out.stdout, &out.stderr, &log] {
         assert!(!text.contains(&password), "the password was shown");
     }

@@ -34,3 +34,37 @@ async fn a_point_is_held_by_one_invocation_until_marked_released_or_lapsed() {
     assert_eq!(c.claim(&[point(1, 10)], 3_000 + 59_000).await.unwrap(), [false]);
     assert_eq!(c.claim(&[point(1, 10)], 3_000 + 61_000).await.unwrap(), [true]);
 }
+
+#[tokio::test]
+async fn a_mark_redone_after_a_lost_answer_changes_nothing() {
+    let target = testing::fresh_database().await;
+    let mut ledger = PgLedger::open(&target, Duration::from_secs(60)).await.unwrap();
+    let item = |key| SentItem { key, point_key: 10, timestamp: 1, gauges: [Some(5.0), None, None], tallies: [1, 0] };
+    ledger.mark_sent(&[item("a")], 1_000).await.unwrap();
+    // "a" again (its COPY fails on the key, the batch goes in skipping it), with "b" new.
+    ledger.mark_sent(&[item("a"), item("b")], 2_000).await.unwrap();
+    assert_eq!(ledger.states(&["a", "b", "c"]).await.unwrap(), [KeyState::Sent, KeyState::Sent, KeyState::Unknown]);
+    let sent = ledger.sent_points(&[(1, 10)]).await.unwrap();
+    assert_eq!(sent[&10].count, 2, "one row per key: {sent:?}");
+}
+
+#[tokio::test]
+async fn a_ledger_of_schema_1_is_migrated() {
+    let target = testing::fresh_database().await;
+    let (client, connection) = target.config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(async move { drop(connection.await) });
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE workflow_metrics_schema (version bigint NOT NULL); INSERT INTO workflow_metrics_schema VALUES (1); {}",
+            MIGRATIONS[0]
+        ))
+        .await
+        .unwrap();
+    client.execute("INSERT INTO sent_metrics VALUES ('kept', 1, 2, 3, NULL)", &[]).await.unwrap();
+    let mut ledger = PgLedger::open(&target, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(ledger.states(&["kept"]).await.unwrap(), [KeyState::Sent]);
+    let version: i64 = client.query_one("SELECT version FROM workflow_metrics_schema", &[]).await.unwrap().get(0);
+    assert_eq!(version, PG_SCHEMA_VERSION);
+    let index: Option<String> = client.query_one("SELECT to_regclass('claims_owner')::text", &[]).await.unwrap().get(0);
+    assert_eq!(index, None, "schema 2 drops the index on claims' owners");
+}

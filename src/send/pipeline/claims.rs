@@ -2,39 +2,52 @@
 //! invocation holds wait (`contended`) and are asked for again once the input is read; items it
 //! sent meanwhile are settled as already sent, never sent twice.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use super::{Pipeline, CONTENDED_LIMIT};
 use crate::ledger::{Claim, KeyState};
-use crate::metrics::Planned;
+use crate::metrics::{Planned, SentPoint};
 
 impl Pipeline<'_> {
-    /// Claims the points of `items` in the shared ledger. Items whose points another invocation
-    /// holds wait in `contended`; items it sent meanwhile (found again in the ledger) are settled
-    /// as already sent. What is left to send, or `None` when the ledger failed.
-    pub(super) async fn claim(&mut self, items: Vec<Planned>, now_ms: i64) -> Option<Vec<Planned>> {
+    /// Claims the points of `items` in the shared ledger, and looks them up again. Items whose
+    /// points another invocation holds wait in `contended`; items it sent meanwhile (found again
+    /// in the ledger) are settled as already sent. What is left to send and what was sent to
+    /// their points, or `None` when the ledger failed.
+    pub(super) async fn claim(
+        &mut self,
+        items: Vec<Planned>,
+        now_ms: i64,
+    ) -> Option<(Vec<Planned>, HashMap<i64, SentPoint>)> {
         let claims: Vec<Claim> =
             items.iter().map(|planned| Claim { timestamp: planned.timestamp, point_key: planned.point_key }).collect();
-        let granted = match self.ledger.claim(&claims, now_ms).await {
-            Ok(granted) => granted,
+        let found = {
+            let keys: Vec<&str> = items.iter().map(|planned| planned.item.key()).collect();
+            self.ledger.claim_and_look_up(&claims, &keys, now_ms).await
+        };
+        let found = match found {
+            Ok(found) => found,
             Err(error) => {
                 self.abandon(items, &error).await;
                 return None;
             }
         };
-        let mut granted = granted.into_iter();
-        let (items, held): (Vec<Planned>, Vec<Planned>) =
-            items.into_iter().partition(|_| granted.next().unwrap_or(false));
-        for planned in &items {
+        // Another invocation may have sent or recorded some of them between the first look-up
+        // and the claim (held or not): they are settled here, not sent twice.
+        let (mut granted, mut states) = (found.granted.into_iter(), found.states.into_iter());
+        let (mut claimed, mut held, mut settled) = (Vec::new(), Vec::new(), Vec::new());
+        for planned in items {
+            let granted = granted.next().unwrap_or(false);
+            match states.next() {
+                Some(KeyState::Sent | KeyState::Dead) => settled.push(planned),
+                _ if granted => claimed.push(planned),
+                _ => held.push(planned),
+            }
+        }
+        self.settle_elsewhere(settled).await;
+        for planned in &claimed {
             self.contended_since.remove(&planned.point_key);
         }
-        // Held by another invocation: those it sent are settled now; the rest wait for it.
-        let Some(held) = self.settle_sent_elsewhere(held).await else {
-            // The ledger failed (the invocation halts): what was claimed is not sent either.
-            self.summary.failed += items.len() as u64;
-            self.let_go(&items).await;
-            return None;
-        };
         if !held.is_empty() {
             // The wait counts from when a point was first found held, however often it is retried.
             let now = Instant::now();
@@ -50,8 +63,9 @@ impl Pipeline<'_> {
             if self.contended.iter().map(|(_, items)| items.len()).sum::<usize>() > self.contended_limit {
                 for (since, waiting) in std::mem::take(&mut self.contended) {
                     let Some(waiting) = self.settle_sent_elsewhere(waiting).await else {
-                        self.summary.failed += items.len() as u64;
-                        self.let_go(&items).await;
+                        // The ledger failed (the invocation halts): what was claimed is not sent either.
+                        self.summary.failed += claimed.len() as u64;
+                        self.let_go(&claimed).await;
                         return None;
                     };
                     if !waiting.is_empty() {
@@ -63,12 +77,7 @@ impl Pipeline<'_> {
                 self.contended_limit = waiting + CONTENDED_LIMIT;
             }
         }
-        if items.is_empty() {
-            return Some(items);
-        }
-        // Another invocation may have sent or recorded some of them between the first look-up
-        // and the claim: they are settled here, not sent twice.
-        self.settle_sent_elsewhere(items).await
+        Some((claimed, found.sent))
     }
 
     /// Items another invocation sent (or dead-lettered) since they were looked up are settled as
@@ -90,17 +99,23 @@ impl Pipeline<'_> {
         let mut states = states.into_iter();
         let (items, settled): (Vec<Planned>, Vec<Planned>) =
             items.into_iter().partition(|_| !matches!(states.next(), Some(KeyState::Sent | KeyState::Dead)));
-        if !settled.is_empty() {
-            for planned in &settled {
-                self.summary.already_sent += 1;
-                self.log.skip("already_sent", planned.item.key(), Some("by another invocation"));
-                self.pending_keys.remove(planned.item.key());
-                self.checkpoints.settle(planned.chunk);
-                self.contended_since.remove(&planned.point_key);
-            }
-            self.save_cursors().await;
-        }
+        self.settle_elsewhere(settled).await;
         Some(items)
+    }
+
+    /// Items another invocation sent meanwhile: counted as already sent, and no longer waited for.
+    async fn settle_elsewhere(&mut self, settled: Vec<Planned>) {
+        if settled.is_empty() {
+            return;
+        }
+        for planned in &settled {
+            self.summary.already_sent += 1;
+            self.log.skip("already_sent", planned.item.key(), Some("by another invocation"));
+            self.pending_keys.remove(planned.item.key());
+            self.checkpoints.settle(planned.chunk);
+            self.contended_since.remove(&planned.point_key);
+        }
+        self.save_cursors().await;
     }
 
     /// Items that waited for points another invocation held are tried again; those that waited

@@ -456,22 +456,22 @@ impl Pipeline<'_> {
         if items.is_empty() || self.halt.is_some() {
             return;
         }
-        // A shared ledger: claim the points first, and look the items up again once claimed.
-        let items = if self.ledger.shared() {
+        // Points are written on top of what earlier requests delivered to them (counts summed,
+        // the largest gauges), wherever those items stood in the input. A shared ledger: the
+        // points are claimed first, and the items looked up again once claimed.
+        let (items, before) = if self.ledger.shared() {
             match self.claim(items, now_ms).await {
-                Some(items) if !items.is_empty() => items,
+                Some((items, before)) if !items.is_empty() => (items, before),
                 _ => return,
             }
         } else {
-            items
+            let points: Vec<(i64, i64)> = items.iter().map(|planned| (planned.timestamp, planned.point_key)).collect();
+            match self.ledger.sent_points(&points).await {
+                Ok(sent) => (items, sent),
+                Err(error) => return self.abandon(items, &error).await,
+            }
         };
-        // Points are written on top of what earlier requests delivered to them (counts summed,
-        // the largest gauges), wherever those items stood in the input.
-        let points: Vec<(i64, i64)> = items.iter().map(|planned| (planned.timestamp, planned.point_key)).collect();
-        let before: FastMap<i64, SentPoint> = match self.ledger.sent_points(&points).await {
-            Ok(sent) => sent.into_iter().collect(),
-            Err(error) => return self.abandon(items, &error).await,
-        };
+        let before: FastMap<i64, SentPoint> = before.into_iter().collect();
         // --at-most-once: marked before the request, so a crash loses the items instead of
         // resending them.
         if self.config.marks_before_request() {
