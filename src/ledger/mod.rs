@@ -191,8 +191,22 @@ pub trait Ledger: Send {
         false
     }
 
+    /// Another handle on this ledger, for work the pipeline runs beside its own (marking what
+    /// Datadog accepted while it claims and looks up more): `None` unless the backend gains from
+    /// it. PostgreSQL: another connection of the same invocation (its claims are this one's).
+    fn sibling(&self) -> Option<Box<dyn Ledger>> {
+        None
+    }
+
     /// What the ledger knows of each key, in the order given, in one round trip.
     async fn states(&mut self, keys: &[&str]) -> Result<Vec<KeyState>, LedgerError>;
+
+    /// As [`Ledger::states`], for a look-up ahead of the pipeline that looks items up again once
+    /// it holds their points: a backend may leave out what other invocations recorded skipped
+    /// (too old, dead) since it was opened, when it is cheaper.
+    async fn states_ahead(&mut self, keys: &[&str]) -> Result<Vec<KeyState>, LedgerError> {
+        self.states(keys).await
+    }
 
     /// What was sent to each point, given as (timestamp, point key); points nothing was sent to
     /// are left out.
@@ -485,6 +499,9 @@ pub enum LedgerError {
     Missing { path: String },
     #[error("ledger at {path} is damaged: {detail}")]
     Damaged { path: String, detail: String },
+    /// A task working on the ledger beside the pipeline ended abnormally (a bug).
+    #[error("the ledger's {0} ended abnormally (a bug: see stderr)")]
+    TaskEnded(&'static str),
 }
 
 #[cfg(test)]

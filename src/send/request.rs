@@ -9,9 +9,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use foldhash::HashMap as FastMap;
 
+use super::pipeline::claims::{fates, Claimer, Fate};
 use super::signals::Shutdown;
 use crate::cli::LogDetail;
 use crate::datadog::{self, Client, Compression, DatadogError};
+use crate::ledger::LedgerError;
 use crate::metrics::{self, Planned, SentPoint};
 use crate::model::Entity;
 use crate::retry::{self, RetryPolicy};
@@ -30,6 +32,9 @@ pub(super) struct Delivery {
     pub(super) compressed_bytes: usize,
     pub(super) series: u64,
     pub(super) points: u64,
+    /// Claimed by the task (a shared ledger with a sibling): the fate of each of the request's
+    /// items, only those sent being in the request; or the ledger failed, and nothing was sent.
+    pub(super) claimed: Option<Result<Vec<Fate>, LedgerError>>,
 }
 
 pub(super) enum Failure {
@@ -54,11 +59,50 @@ pub(super) struct RequestTask {
     pub(super) client: Option<Arc<Client>>,
     pub(super) signals: Shutdown,
     pub(super) log_detail: LogDetail,
+    /// Claim the items' points first (and take `before` from the claim's look-up).
+    pub(super) claim: Option<(Claimer, i64)>,
+}
+
+impl Delivery {
+    /// A request that posted nothing (all its items settled or held elsewhere, or the claim
+    /// failed).
+    fn nothing(number: u64, claimed: Option<Result<Vec<Fate>, LedgerError>>) -> Delivery {
+        Delivery {
+            number,
+            attempts: 0,
+            result: Ok(0),
+            cancelled: false,
+            log: String::new(),
+            raw_bytes: 0,
+            compressed_bytes: 0,
+            series: 0,
+            points: 0,
+            claimed,
+        }
+    }
 }
 
 impl RequestTask {
     pub(super) async fn run(mut self) -> Delivery {
         let number = self.number;
+        let mut claimed = None;
+        if let Some((claimer, now_ms)) = self.claim.take() {
+            match claimer.claim(self.items.clone(), now_ms).await {
+                Err(error) => return Delivery::nothing(number, Some(Err(error))),
+                Ok(found) => {
+                    let fates = fates(&found);
+                    self.before = found.sent.into_iter().collect();
+                    if fates.iter().any(|fate| *fate != Fate::Send) {
+                        let kept = self.items.iter().zip(&fates).filter(|(_, fate)| **fate == Fate::Send);
+                        self.items = Arc::new(kept.map(|(planned, _)| planned.clone()).collect());
+                    }
+                    if self.items.is_empty() {
+                        return Delivery::nothing(number, Some(Ok(fates)));
+                    }
+                    claimed = Some(Ok(fates));
+                }
+            }
+        }
         let mut series =
             self.spec.series(&self.items, &|point_key| self.before.get(&point_key).copied().unwrap_or_default());
         let encoded = datadog::encode_compressed(&series, self.compression);
@@ -81,6 +125,7 @@ impl RequestTask {
             compressed_bytes,
             series: series.len() as u64,
             points: series.iter().map(|one| one.points.len() as u64).sum(),
+            claimed,
         };
         let (Ok(body), Ok(distributions_body)) = (encoded, distributions_body) else { return delivery };
         let body = body.compressed;

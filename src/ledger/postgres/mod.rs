@@ -18,6 +18,8 @@
 //! not record (see the README's exit codes).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -28,11 +30,14 @@ use tokio_postgres::{Client, Statement};
 mod connection;
 mod queries;
 mod target;
+pub use schema::PG_SCHEMA_VERSION;
 #[cfg(test)]
 mod tests;
 
 use connection::{connect, is_connection_error, PgScopeLocks};
-use queries::{copy_sent, distinct_points, granted_from, sent_from, sorted_claims, CLAIM, MARK, SENT_POINTS, STATES};
+use queries::{
+    copy_sent, distinct_points, granted_from, sent_from, sorted_claims, CLAIM, MARK, SENT_POINTS, STATES, STATES_SENT,
+};
 #[cfg(test)]
 pub(crate) use target::testing;
 pub use target::{is_url, PgTarget};
@@ -42,52 +47,6 @@ use super::{
     SentItem, SkipReason, SkippedItem, VALUES_BYTES,
 };
 use crate::metrics::SentPoint;
-
-/// Ordered migrations of the PostgreSQL schema; entry N takes it from version N to N+1. Run in
-/// one transaction under an advisory lock, so two invocations starting at once migrate once.
-const MIGRATIONS: &[&str] = &[
-    // 1: the ledger as SQLite's schema 5 has it, and claims for many writers. Claims are leases
-    // of a few minutes: UNLOGGED (no WAL, half the cost of a claim), emptied if the server
-    // crashes, when every invocation's connection is gone anyway.
-    "CREATE TABLE sent_metrics (
-         run_key      text PRIMARY KEY,
-         point_key    bigint NOT NULL,
-         completed_at bigint NOT NULL,
-         sent_at      bigint NOT NULL,
-         gauges       bytea
-     );
-     CREATE INDEX sent_metrics_point ON sent_metrics (completed_at, point_key);
-     CREATE TABLE skipped_runs (
-         run_key      text PRIMARY KEY,
-         reason       text NOT NULL,
-         completed_at bigint NOT NULL,
-         recorded_at  bigint NOT NULL,
-         detail       text
-     );
-     CREATE TABLE cursors (
-         scope    text PRIMARY KEY,
-         cursor   text NOT NULL,
-         saved_at bigint NOT NULL
-     );
-     CREATE UNLOGGED TABLE claims (
-         completed_at bigint NOT NULL,
-         point_key    bigint NOT NULL,
-         owner        text NOT NULL,
-         expires_at   bigint NOT NULL,
-         PRIMARY KEY (completed_at, point_key)
-     );
-     CREATE INDEX claims_owner ON claims (owner);",
-    // 2: claims without an index on their owner: one more index to write at every claim and
-    // release (a tenth of a backfill's time on the server) for a statement run once per
-    // invocation (`release_all`), over a table that holds only the claims live at the moment.
-    "DROP INDEX IF EXISTS claims_owner;",
-];
-
-/// The PostgreSQL schema version this binary writes.
-pub const PG_SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
-
-/// The advisory lock key that serialises migrations: "wfmetric" in ASCII.
-const MIGRATION_LOCK: i64 = 0x7766_6d65_7472_6963;
 
 /// One connection and the statements prepared on it.
 struct Conn {
@@ -138,6 +97,9 @@ macro_rules! with_conn {
     }};
 }
 
+// After `with_conn!`, which it uses.
+mod schema;
+
 /// A ledger in a PostgreSQL database.
 pub struct PgLedger {
     target: PgTarget,
@@ -148,12 +110,15 @@ pub struct PgLedger {
     lease: Duration,
     /// How long a lost connection is retried before the error stands.
     reconnect_deadline: Duration,
-    /// Points of items marked since claims were last given back.
-    marked: Vec<Claim>,
+    /// Points of items marked since claims were last given back (shared with its siblings).
+    marked: Arc<Mutex<Vec<Claim>>>,
+    /// A second handle of the same invocation ([`Ledger::sibling`]): it leaves the claims to
+    /// the first when dropped.
+    is_sibling: bool,
     /// Whether `skipped_runs` may hold keys this invocation marks as sent (it held rows when
     /// the ledger was opened, or this invocation recorded or found some): only then is marking
     /// also a delete there.
-    may_have_skipped: bool,
+    may_have_skipped: Arc<AtomicBool>,
     /// Locks on source scopes, shared with the sources and held as long as the ledger lives.
     scope_locks: PgScopeLocks,
 }
@@ -171,9 +136,10 @@ impl PgLedger {
     pub async fn open(target: &PgTarget, lease: Duration) -> Result<PgLedger, LedgerError> {
         let mut ledger = PgLedger::new(target, lease);
         ledger.migrate().await?;
-        ledger.may_have_skipped = with_conn!(ledger, "reading the ledger", |conn| {
+        let skipped = with_conn!(ledger, "reading the ledger", |conn| {
             Ok(conn.client.query_one("SELECT EXISTS (SELECT 1 FROM skipped_runs)", &[]).await?.get::<_, bool>(0))
         })?;
+        ledger.may_have_skipped.store(skipped, Ordering::Relaxed);
         Ok(ledger)
     }
 
@@ -211,8 +177,9 @@ impl PgLedger {
             owner,
             lease,
             reconnect_deadline: Duration::from_secs(60),
-            marked: Vec::new(),
-            may_have_skipped: true,
+            marked: Arc::default(),
+            is_sibling: false,
+            may_have_skipped: Arc::new(AtomicBool::new(true)),
             scope_locks: PgScopeLocks::new(target),
         }
     }
@@ -223,7 +190,13 @@ impl PgLedger {
     }
 
     async fn connect(&self) -> Result<Conn, tokio_postgres::Error> {
-        Ok(Conn { client: connect(&self.target).await?, statements: HashMap::new() })
+        let client = connect(&self.target).await?;
+        // Look-ups by key never scan a whole table: a plan made while the ledger was nearly
+        // empty (or with statistics that lag a backfill) joined `sent_metrics` by sequential
+        // scans once it held a million rows (look-ups of sent points took 20 s instead of 1).
+        // Statements with no index to use (a few, once per invocation) still scan.
+        client.batch_execute("SET enable_seqscan = off").await?;
+        Ok(Conn { client, statements: HashMap::new() })
     }
 
     /// After `error`: whether to try again (the connection was lost and the deadline is not
@@ -258,50 +231,6 @@ impl PgLedger {
     fn error(&self, action: &'static str, source: tokio_postgres::Error) -> LedgerError {
         LedgerError::Query { path: self.target.to_string(), action, source: Box::new(source) }
     }
-
-    async fn migrate(&mut self) -> Result<(), LedgerError> {
-        let target = self.target.to_string();
-        // Up to date (the usual case): no DDL, so a role with only the rights to read and write
-        // the tables (a schema its DBA created) runs too.
-        let current = with_conn!(self, "reading the schema version", |conn| {
-            let exists: bool =
-                conn.client.query_one("SELECT to_regclass('workflow_metrics_schema') IS NOT NULL", &[]).await?.get(0);
-            if !exists {
-                return Ok(None);
-            }
-            let row = conn.client.query_one("SELECT max(version) FROM workflow_metrics_schema", &[]).await?;
-            Ok(row.get::<_, Option<i64>>(0))
-        })?;
-        if current == Some(PG_SCHEMA_VERSION) {
-            return Ok(());
-        }
-        let found = with_conn!(self, "creating or migrating the schema", |conn| {
-            let transaction = conn.client.transaction().await?;
-            transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
-            transaction
-                .batch_execute("CREATE TABLE IF NOT EXISTS workflow_metrics_schema (version bigint NOT NULL)")
-                .await?;
-            let found: Option<i64> =
-                transaction.query_opt("SELECT version FROM workflow_metrics_schema", &[]).await?.map(|row| row.get(0));
-            let found = found.unwrap_or(0);
-            if found > PG_SCHEMA_VERSION {
-                return Ok(found);
-            }
-            for migration in MIGRATIONS.iter().skip(usize::try_from(found).unwrap_or(0)) {
-                transaction.batch_execute(migration).await?;
-            }
-            transaction.execute("DELETE FROM workflow_metrics_schema", &[]).await?;
-            transaction
-                .execute("INSERT INTO workflow_metrics_schema (version) VALUES ($1)", &[&PG_SCHEMA_VERSION])
-                .await?;
-            transaction.commit().await?;
-            Ok(found)
-        })?;
-        if found > PG_SCHEMA_VERSION {
-            return Err(LedgerError::TooNew { path: target, found });
-        }
-        Ok(())
-    }
 }
 
 #[async_trait]
@@ -318,6 +247,20 @@ impl Ledger for PgLedger {
         true
     }
 
+    fn sibling(&self) -> Option<Box<dyn Ledger>> {
+        Some(Box::new(PgLedger {
+            target: self.target.clone(),
+            conn: None,
+            owner: self.owner.clone(),
+            lease: self.lease,
+            reconnect_deadline: self.reconnect_deadline,
+            marked: self.marked.clone(),
+            is_sibling: true,
+            may_have_skipped: self.may_have_skipped.clone(),
+            scope_locks: self.scope_locks.clone(),
+        }))
+    }
+
     fn scope_locks(&self) -> Option<Box<dyn crate::source::ScopeLocks>> {
         Some(Box::new(self.scope_locks.clone()))
     }
@@ -325,6 +268,19 @@ impl Ledger for PgLedger {
     async fn states(&mut self, keys: &[&str]) -> Result<Vec<KeyState>, LedgerError> {
         let rows = with_conn!(self, "looking up keys", |conn| {
             let statement = conn.prepared(STATES).await?;
+            conn.client.query(&statement, &[&keys]).await
+        })?;
+        Ok(self.states_from(keys, &rows))
+    }
+
+    async fn states_ahead(&mut self, keys: &[&str]) -> Result<Vec<KeyState>, LedgerError> {
+        // No skipped rows when the ledger was opened, none recorded or found since: sent_metrics
+        // alone (a backfill's look-ups find nothing in either table, and this is half the work).
+        if self.may_have_skipped.load(Ordering::Relaxed) {
+            return self.states(keys).await;
+        }
+        let rows = with_conn!(self, "looking up keys", |conn| {
+            let statement = conn.prepared(STATES_SENT).await?;
             conn.client.query(&statement, &[&keys]).await
         })?;
         Ok(self.states_from(keys, &rows))
@@ -381,7 +337,7 @@ impl Ledger for PgLedger {
             .iter()
             .map(|item| encode_values(&item.gauges, &item.tallies, &mut [0u8; VALUES_BYTES]).map(<[u8]>::to_vec))
             .collect();
-        let unskip = self.may_have_skipped;
+        let unskip = self.may_have_skipped.load(Ordering::Relaxed);
         with_conn!(self, "marking items as sent", |conn| {
             let insert = conn.prepared(MARK).await?;
             let params: [&(dyn ToSql + Sync); 5] = [&keys, &point_keys, &timestamps, &now_ms, &values];
@@ -405,9 +361,12 @@ impl Ledger for PgLedger {
         })?;
         // Their points are given back in bulk, not one statement per request (the points'
         // items are marked: anyone who claims them next finds them sent).
-        self.marked.extend(items.iter().map(|item| Claim { timestamp: item.timestamp, point_key: item.point_key }));
-        if self.marked.len() >= RELEASE_BATCH {
-            let marked = std::mem::take(&mut self.marked);
+        let full = {
+            let mut marked = self.marked.lock().unwrap_or_else(PoisonError::into_inner);
+            marked.extend(items.iter().map(|item| Claim { timestamp: item.timestamp, point_key: item.point_key }));
+            (marked.len() >= RELEASE_BATCH).then(|| std::mem::take(&mut *marked))
+        };
+        if let Some(marked) = full {
             self.release(&marked).await?;
         }
         Ok(())
@@ -427,7 +386,7 @@ impl Ledger for PgLedger {
         now_ms: i64,
     ) -> Result<(), LedgerError> {
         let (reason_text, detail, action) = reason.columns();
-        self.may_have_skipped = true;
+        self.may_have_skipped.store(true, Ordering::Relaxed);
         let keys: Vec<&str> = items.iter().map(|item| item.key).collect();
         let completed: Vec<i64> = items.iter().map(|item| item.completed_at).collect();
         with_conn!(self, action, |conn| {
@@ -652,12 +611,12 @@ impl Ledger for PgLedger {
     }
 
     async fn release_marked(&mut self) -> Result<(), LedgerError> {
-        let marked = std::mem::take(&mut self.marked);
+        let marked = std::mem::take(&mut *self.marked.lock().unwrap_or_else(PoisonError::into_inner));
         self.release(&marked).await
     }
 
     async fn release_all(&mut self) -> Result<(), LedgerError> {
-        self.marked.clear();
+        self.marked.lock().unwrap_or_else(PoisonError::into_inner).clear();
         let owner = self.owner.clone();
         with_conn!(self, "releasing claims", |conn| {
             conn.client.execute("DELETE FROM claims WHERE owner = $1", &[&owner]).await.map(drop)
@@ -689,6 +648,9 @@ impl Drop for PgLedger {
     fn drop(&mut self) {
         // Claims still held (an invocation stopped by a signal, or failing) would otherwise wait
         // for their lease: a best-effort release, on the runtime if there is one.
+        if self.is_sibling {
+            return;
+        }
         if let (Some(conn), Ok(runtime)) = (self.conn.take(), tokio::runtime::Handle::try_current()) {
             let owner = self.owner.clone();
             runtime.spawn(async move {

@@ -1,12 +1,15 @@
 //! The statements on a send's path (look-ups, claims, marks) and what their rows mean.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
 use super::PgLedger;
+#[cfg(doc)]
+use crate::ledger::Ledger;
 use crate::ledger::{decode_values, Claim, KeyState};
 use crate::metrics::SentPoint;
 
@@ -15,6 +18,9 @@ use crate::metrics::SentPoint;
 pub(super) const STATES: &str = "SELECT run_key, 'sent' FROM sent_metrics WHERE run_key = ANY($1::text[])
      UNION ALL
      SELECT run_key, reason FROM skipped_runs WHERE run_key = ANY($1::text[])";
+
+/// Looks up keys in `sent_metrics` alone ([`Ledger::states_ahead`]).
+pub(super) const STATES_SENT: &str = "SELECT run_key, 'sent' FROM sent_metrics WHERE run_key = ANY($1::text[])";
 
 /// What was sent to points, as ($1 timestamps, $2 point keys).
 pub(super) const SENT_POINTS: &str =
@@ -46,7 +52,9 @@ impl PgLedger {
         for row in rows {
             let state = known.entry(row.get::<_, &str>(0)).or_insert(KeyState::Unknown);
             let reason = row.get::<_, &str>(1);
-            self.may_have_skipped |= reason != "sent";
+            if reason != "sent" {
+                self.may_have_skipped.store(true, Ordering::Relaxed);
+            }
             *state = match (*state, reason) {
                 (KeyState::Sent, _) | (_, "sent") => KeyState::Sent,
                 (_, "dead") => KeyState::Dead,

@@ -56,7 +56,7 @@ async fn a_ledger_of_schema_1_is_migrated() {
     client
         .batch_execute(&format!(
             "CREATE TABLE workflow_metrics_schema (version bigint NOT NULL); INSERT INTO workflow_metrics_schema VALUES (1); {}",
-            MIGRATIONS[0]
+            schema::MIGRATIONS[0]
         ))
         .await
         .unwrap();

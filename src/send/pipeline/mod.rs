@@ -24,7 +24,9 @@ use foldhash::{HashMap as FastMap, HashSet as FastSet};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-mod claims;
+pub(super) mod claims;
+mod lookahead;
+mod marker;
 mod outcome;
 
 use super::checkpoints::Checkpoints;
@@ -42,6 +44,7 @@ use crate::model::{Item, Quota, Validated};
 use crate::runlog::{self, RunLog};
 use crate::source::github::{GithubClient, GithubSource};
 use crate::source::{self, FileSource, Message, Source};
+use lookahead::Incoming;
 
 /// Invalid records reported on stderr one by one before they are only counted.
 const WARN_LIMIT: u64 = 10;
@@ -107,6 +110,23 @@ pub async fn send_from(
         _ => None,
     };
     let signals = signals::listen();
+    // A shared ledger with a sibling (PostgreSQL): chunks are looked up on it on their way in.
+    let lookahead = if ledger.shared() { ledger.sibling() } else { None };
+    // A ledger with a sibling (PostgreSQL): accepted items are marked on it, beside the pipeline.
+    let sibling = if config.marks_before_request() { None } else { ledger.sibling() };
+    let (marker, marks_done) = match sibling {
+        Some(sibling) => {
+            let (marker, answers) = marker::spawn(sibling);
+            (Some(marker), answers)
+        }
+        None => (None, mpsc::unbounded_channel().1),
+    };
+    // A shared ledger with a sibling: request tasks claim their items' points on it.
+    let claimer = if ledger.shared() && !config.marks_before_request() {
+        ledger.sibling().map(claims::Claimer::spawn)
+    } else {
+        None
+    };
     let mut pipeline = Pipeline {
         config,
         ledger,
@@ -126,6 +146,10 @@ pub async fn send_from(
         contended_since: FastMap::default(),
         contended_limit: CONTENDED_LIMIT,
         retrying: false,
+        marker,
+        claimer,
+        marks_done,
+        marking: 0,
         next_request: 1,
         planner: metrics::Planner::new(config.spec.clone()),
         spec: Arc::new(config.spec.clone()),
@@ -136,10 +160,12 @@ pub async fn send_from(
     };
 
     // Stage 1: read the sources on their own thread, in bounded chunks of validated items.
-    let (sender, mut receiver) = mpsc::channel::<Message>(4);
+    let (sender, receiver) = mpsc::channel::<Message>(4);
     let total_bytes = sources.iter().map(|source| source.size()).sum();
     let mut progress = Progress::new(config.progress, total_bytes);
     let reader = source::spawn_reader(sources, progress.bytes_read.clone(), sender);
+    let requested = lookahead::Requested { jobs: config.jobs, steps: config.steps };
+    let mut receiver = lookahead::spawn(lookahead, requested, receiver);
 
     // Stages 2-6 run as input arrives and requests complete.
     let mut input_done = false;
@@ -153,7 +179,8 @@ pub async fn send_from(
             && pipeline.split_queue.is_empty()
             && pipeline.deferred.is_empty()
             && pipeline.contended.is_empty();
-        if pipeline.inflight.is_empty() && (pipeline.halt.is_some() || (input_done && drained)) {
+        if pipeline.inflight.is_empty() && pipeline.marking == 0 && (pipeline.halt.is_some() || (input_done && drained))
+        {
             break;
         }
         let can_read = !input_done && pipeline.halt.is_none() && pipeline.buffer.len() < config.batch_size;
@@ -179,12 +206,24 @@ pub async fn send_from(
                 pipeline.complete(done).await;
                 timings.complete += mark.elapsed();
             }
-            message = receiver.recv(), if can_read => match message {
+            Some(done) = pipeline.marks_done.recv(), if pipeline.marking > 0 => {
+                timings.waiting += mark.elapsed();
+                let mark = Instant::now();
+                pipeline.marked(done).await;
+                timings.complete += mark.elapsed();
+            }
+            incoming = receiver.recv(), if can_read => {
+                let (message, known) = match incoming {
+                    Some(Incoming::LookedUp(items, known)) => (Some(Message::Items(items)), Some(known)),
+                    Some(Incoming::Message(message)) => (Some(message), None),
+                    None => (None, None),
+                };
+                match message {
                 None => input_done = true,
                 Some(Message::Items(items)) => {
                     timings.waiting += mark.elapsed();
                     let mark = Instant::now();
-                    pipeline.take(items).await;
+                    pipeline.take(items, known).await;
                     timings.take += mark.elapsed();
                 }
                 Some(Message::InputFailed { input, message }) => {
@@ -219,7 +258,8 @@ pub async fn send_from(
                     pipeline.checkpoints.checkpoint(checkpoint);
                     pipeline.save_cursors().await;
                 }
-            },
+                }
+            }
         }
         progress.update(&pipeline.summary);
         if matches!(pipeline.halt, Some(Halt::Signal(_))) {
@@ -294,6 +334,13 @@ struct Pipeline<'a> {
     contended_limit: usize,
     /// When each point in `contended` was first found held once retries began.
     contended_since: FastMap<i64, Instant>,
+    /// The task marking accepted items beside the pipeline (a ledger with a sibling), its
+    /// answers, and how many requests' items it has yet to answer for.
+    marker: Option<marker::Marker>,
+    marks_done: mpsc::UnboundedReceiver<marker::MarkDone>,
+    /// The task claiming on a sibling of the ledger for request tasks (a shared ledger).
+    claimer: Option<claims::Claimer>,
+    marking: usize,
     /// Whether retries of contended items began (the wait is counted from then: an early item
     /// of a long input must not time out while the input is still being read).
     retrying: bool,
@@ -310,7 +357,7 @@ struct Pipeline<'a> {
 impl Pipeline<'_> {
     /// Stages 2-4 for one chunk of records: sort out what is not an item, filter against the
     /// ledger, plan.
-    async fn take(&mut self, records: Vec<Validated>) {
+    async fn take(&mut self, records: Vec<Validated>, known: Option<FastMap<Box<str>, KeyState>>) {
         let now_ms = Utc::now().timestamp_millis();
         let now = now_ms.div_euclid(1000);
         let chunk = self.checkpoints.chunk_started();
@@ -367,11 +414,19 @@ impl Pipeline<'_> {
             return;
         }
 
-        // Stage 3: one ledger query for the chunk: skip what was sent or recorded before.
-        let keys: Vec<&str> = completed.iter().map(Item::key).collect();
-        let states = match self.ledger.states(&keys).await {
-            Ok(states) => states,
-            Err(error) => return self.ledger_failed(&error),
+        // Stage 3: one ledger query for the chunk (or its answer, looked up ahead): skip what
+        // was sent or recorded before.
+        let states = match known {
+            Some(known) => {
+                completed.iter().map(|item| known.get(item.key()).copied().unwrap_or(KeyState::Unknown)).collect()
+            }
+            None => {
+                let keys: Vec<&str> = completed.iter().map(Item::key).collect();
+                match self.ledger.states(&keys).await {
+                    Ok(states) => states,
+                    Err(error) => return self.ledger_failed(&error),
+                }
+            }
         };
         let max_age = i64::try_from(self.config.max_age.as_secs()).unwrap_or(i64::MAX);
         let retry_old = self.config.historical || self.config.stamp_now;
@@ -431,7 +486,11 @@ impl Pipeline<'_> {
     /// Stage 5: starts requests while there is room: split halves first, then full batches, then
     /// (once the input is read) the rest.
     async fn dispatch_ready(&mut self, input_done: bool) {
-        while self.halt.is_none() && self.inflight.len() < self.config.concurrency {
+        // Items being marked count too: a ledger slower than Datadog holds the requests back.
+        while self.halt.is_none()
+            && self.inflight.len() + self.marking < self.config.concurrency * 2
+            && self.inflight.len() < self.config.concurrency
+        {
             let batch = if let Some(batch) = self.split_queue.pop_front() {
                 batch
             } else if self.buffer.len() >= self.config.batch_size || (input_done && !self.buffer.is_empty()) {
@@ -459,7 +518,10 @@ impl Pipeline<'_> {
         // Points are written on top of what earlier requests delivered to them (counts summed,
         // the largest gauges), wherever those items stood in the input. A shared ledger: the
         // points are claimed first, and the items looked up again once claimed.
-        let (items, before) = if self.ledger.shared() {
+        let (items, before) = if self.claimer.is_some() {
+            // Claimed by the request task, beside the pipeline.
+            (items, HashMap::new())
+        } else if self.ledger.shared() {
             match self.claim(items, now_ms).await {
                 Some((items, before)) if !items.is_empty() => (items, before),
                 _ => return,
@@ -497,6 +559,7 @@ impl Pipeline<'_> {
             client: self.client.clone(),
             signals: self.signals.clone(),
             log_detail: self.config.log_detail,
+            claim: self.claimer.clone().map(|claimer| (claimer, now_ms)),
         };
         self.inflight.spawn(task.run());
     }
@@ -522,6 +585,8 @@ impl Pipeline<'_> {
                 }
             }
         }
+        // What Datadog accepted is marked, however long the grace.
+        self.stop_marking().await;
     }
 
     /// The items of a record that were asked for: a run; a job with `--jobs`, and its steps as
@@ -560,6 +625,7 @@ impl Pipeline<'_> {
     }
 
     async fn finish(mut self) -> Summary {
+        self.stop_marking().await;
         // Runs planned or in flight but never confirmed (halted) are not sent.
         let abandoned: Vec<Planned> = self
             .inflight_items

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::Utc;
 
+use super::claims::Fate;
 use super::Pipeline;
 use crate::datadog::{self, DatadogError};
 use crate::error::Halt;
@@ -29,23 +30,20 @@ impl Pipeline<'_> {
         }
     }
 
-    pub(super) async fn complete_delivery(&mut self, delivery: Delivery) {
+    pub(super) async fn complete_delivery(&mut self, mut delivery: Delivery) {
         let Some(flight) = self.inflight_items.remove(&delivery.number) else { return };
-        // Runs that waited for a request to land may go now (first in line).
-        if !self.deferred.is_empty() {
-            let deferred = std::mem::take(&mut self.deferred);
-            self.buffer.splice(0..0, deferred);
-        }
-        for planned in flight.iter() {
-            if let Some(count) = self.inflight_counts.get_mut(&planned.point_key) {
-                *count -= 1;
-                if *count == 0 {
-                    self.inflight_counts.remove(&planned.point_key);
-                }
-            }
-        }
         // The task has ended, so this is the last reference.
-        let runs = Arc::try_unwrap(flight).unwrap_or_else(|shared| (*shared).clone());
+        let mut runs = Arc::try_unwrap(flight).unwrap_or_else(|shared| (*shared).clone());
+        // Claimed by the task: what was settled or held elsewhere was not in the request.
+        if let Some(claimed) = delivery.claimed.take() {
+            let Some(sent) = self.claimed(runs, claimed).await else { return };
+            runs = sent;
+        }
+        // Accepted items marked beside the pipeline land once marked; the others land now.
+        let marked_beside = delivery.result.is_ok() && self.marker.is_some() && !self.config.marks_before_request();
+        if !marked_beside {
+            self.land(&runs);
+        }
         let (error, status) = match delivery.result {
             Err(Failure::TooLarge) => {
                 if self.config.marks_before_request() {
@@ -88,23 +86,85 @@ impl Pipeline<'_> {
         }
     }
 
-    /// Marks the runs of a confirmed request (in a dry run: in the dry run's own record).
+    /// The items of a request whose task claimed them: those settled or held elsewhere land
+    /// now (and are settled, or wait); what is left is what the request carried, or `None`
+    /// when it carried nothing (or the claim failed: the invocation halts).
+    async fn claimed(&mut self, runs: Vec<Planned>, claimed: Result<Vec<Fate>, LedgerError>) -> Option<Vec<Planned>> {
+        let fates = match claimed {
+            Ok(fates) => fates,
+            Err(error) => {
+                self.land(&runs);
+                self.abandon(runs, &error).await;
+                return None;
+            }
+        };
+        let (mut sent, mut held, mut settled) = (Vec::new(), Vec::new(), Vec::new());
+        for (planned, fate) in runs.into_iter().zip(fates) {
+            match fate {
+                Fate::Send => sent.push(planned),
+                Fate::Held => held.push(planned),
+                Fate::Settled => settled.push(planned),
+            }
+        }
+        self.land(&held);
+        self.land(&settled);
+        for planned in &sent {
+            self.contended_since.remove(&planned.point_key);
+        }
+        self.settle_elsewhere(settled).await;
+        // A failure here halts the invocation; what the request carried is still marked.
+        self.contend(held).await;
+        (!sent.is_empty()).then_some(sent)
+    }
+
+    /// The points of a request that finished (and whose items are marked, if it was accepted)
+    /// are free: items that waited for them may go now (first in line).
+    pub(super) fn land(&mut self, runs: &[Planned]) {
+        if !self.deferred.is_empty() {
+            let deferred = std::mem::take(&mut self.deferred);
+            self.buffer.splice(0..0, deferred);
+        }
+        for planned in runs {
+            if let Some(count) = self.inflight_counts.get_mut(&planned.point_key) {
+                *count -= 1;
+                if *count == 0 {
+                    self.inflight_counts.remove(&planned.point_key);
+                }
+            }
+        }
+    }
+
+    /// Marks the runs of a confirmed request (in a dry run: in the dry run's own record), inline
+    /// or beside the pipeline (`marker.rs`).
     pub(super) async fn delivered(&mut self, runs: Vec<Planned>) {
         self.consecutive_failures = 0;
         if !self.config.marks_before_request() {
+            let Some(runs) = self.mark_beside(runs) else { return };
             if let Err(error) = self.mark(&runs, Utc::now().timestamp_millis()).await {
                 // Datadog has the points; the next invocation resends them, identical.
                 self.summary.failed += runs.len() as u64;
+                if self.marker.is_some() {
+                    self.land(&runs);
+                }
                 return self.ledger_failed(&error);
             }
+            if self.marker.is_some() {
+                self.land(&runs);
+            }
+            return self.settle_delivered(&runs).await;
         }
+        self.settle_delivered(&runs).await;
+    }
+
+    /// Items marked as sent: counted, settled, and the cursors they free saved.
+    pub(super) async fn settle_delivered(&mut self, runs: &[Planned]) {
         let count = runs.len() as u64;
         if self.config.dry_run {
             self.summary.would_send += count;
         } else {
             self.summary.sent += count;
         }
-        for planned in &runs {
+        for planned in runs {
             self.pending_keys.remove(planned.item.key());
             self.checkpoints.settle(planned.chunk);
             match planned.item.entity() {
@@ -168,16 +228,7 @@ impl Pipeline<'_> {
     }
 
     pub(super) async fn mark(&mut self, items: &[Planned], now_ms: i64) -> Result<(), LedgerError> {
-        let sent: Vec<SentItem<'_>> = items
-            .iter()
-            .map(|planned| SentItem {
-                key: planned.item.key(),
-                point_key: planned.point_key,
-                timestamp: planned.timestamp,
-                gauges: planned.gauges,
-                tallies: planned.tallies,
-            })
-            .collect();
+        let sent: Vec<SentItem<'_>> = super::marker::sent_items(items).collect();
         self.ledger.mark_sent(&sent, now_ms).await
     }
 
