@@ -5,9 +5,12 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// The version and the git commit the binary was built from (`--version`).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("WORKFLOW_METRICS_COMMIT"), ")");
+
 /// Forward GitHub Actions workflow-run metrics to Datadog, once per run.
 #[derive(Debug, Parser)]
-#[command(name = "workflow-metrics", version, about, long_about = None)]
+#[command(name = "workflow-metrics", version = VERSION, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -15,6 +18,23 @@ pub struct Cli {
     /// More detail on stderr (-v: info, -vv: debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+
+    /// Only errors on stderr, and no closing line when all went well (for cron, which mails
+    /// whatever a job prints).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Diagnostics on stderr as text, or as JSON (one object per line, the closing line too) for
+    /// log shippers.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -27,6 +47,15 @@ pub enum Command {
     Check(CheckArgs),
     /// Inspect and repair the ledger: list what it holds, dead letters, requeue them, verify it.
     Ledger(LedgerArgs),
+    /// Print the completion script for SHELL on stdout, e.g.
+    /// `workflow-metrics completions bash > ~/.local/share/bash-completion/completions/workflow-metrics`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout, made from the same definitions as --help, e.g.
+    /// `workflow-metrics man > ~/.local/share/man/man1/workflow-metrics.1`.
+    Man,
 }
 
 #[derive(Debug, Args)]

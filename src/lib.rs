@@ -15,6 +15,8 @@ pub mod source;
 
 use chrono::Utc;
 
+use clap::CommandFactory;
+
 use crate::cli::{Cli, Command, KeyStateArg, LedgerAction, LedgerArgs, OutputFormat};
 use crate::config::{CheckConfig, SendConfig};
 use crate::ledger::KeyState;
@@ -32,6 +34,13 @@ pub struct Report {
     pub json: Option<String>,
 }
 
+impl Report {
+    /// A command that only prints `text` on stdout (no closing line).
+    fn printing(text: String) -> Report {
+        Report { exit_code: exit_code::OK, summary_line: String::new(), json: Some(text) }
+    }
+}
+
 /// Runs one invocation.
 ///
 /// # Errors
@@ -41,6 +50,16 @@ pub fn run(cli: Cli) -> Result<Report, Error> {
         Command::Send(args) => send(SendConfig::from_args(args)?),
         Command::Check(args) => check(CheckConfig::from_args(args)?),
         Command::Ledger(args) => ledger_command(args),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "workflow-metrics", &mut script);
+            Ok(Report::printing(String::from_utf8_lossy(&script).into_owned()))
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page).map_err(Error::Output)?;
+            Ok(Report::printing(String::from_utf8_lossy(&page).into_owned()))
+        }
     }
 }
 

@@ -10,4 +10,5 @@ mod reliability;
 mod send;
 mod shapes;
 mod shared;
+mod shell;
 mod support;

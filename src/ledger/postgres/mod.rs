@@ -194,8 +194,11 @@ impl PgLedger {
         // Look-ups by key never scan a whole table: a plan made while the ledger was nearly
         // empty (or with statistics that lag a backfill) joined `sent_metrics` by sequential
         // scans once it held a million rows (look-ups of sent points took 20 s instead of 1).
-        // Statements with no index to use (a few, once per invocation) still scan.
-        client.batch_execute("SET enable_seqscan = off").await?;
+        // Statements with no index to use (a few, once per invocation) still scan, and JIT is
+        // off: the penalty that steers plans from scans would make such a statement look
+        // costly enough to compile (130 ms for the one-row schema table), and no statement here
+        // is long enough to gain from it.
+        client.batch_execute("SET enable_seqscan = off; SET jit = off").await?;
         Ok(Conn { client, statements: HashMap::new() })
     }
 

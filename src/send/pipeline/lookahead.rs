@@ -26,15 +26,19 @@ pub(super) struct Requested {
 }
 
 /// Passes the reader's messages on in order, looking up each chunk's keys on `ledger` when
-/// there is one. A look-up that fails leaves the chunk to the pipeline's own.
+/// there is one, from the chunk after the first `inline` (left to the pipeline: a short input
+/// never opens the sibling's connection). A look-up that fails leaves the chunk to the
+/// pipeline's own.
 pub(super) fn spawn(
     ledger: Option<Box<dyn Ledger>>,
     requested: Requested,
+    inline: usize,
     mut from: mpsc::Receiver<Message>,
 ) -> mpsc::Receiver<Incoming> {
     let (to, receiver) = mpsc::channel(2);
     tokio::spawn(async move {
         let mut ledger = ledger;
+        let mut chunks = 0;
         loop {
             let message = tokio::select! {
                 message = from.recv() => message,
@@ -43,7 +47,13 @@ pub(super) fn spawn(
             };
             let Some(message) = message else { break };
             let incoming = match (message, ledger.as_mut()) {
-                (Message::Items(records), Some(ledger)) => look_up(ledger.as_mut(), requested, records).await,
+                (Message::Items(records), Some(ledger)) if chunks >= inline => {
+                    look_up(ledger.as_mut(), requested, records).await
+                }
+                (Message::Items(records), _) => {
+                    chunks += 1;
+                    Incoming::Message(Message::Items(records))
+                }
                 (message, _) => Incoming::Message(message),
             };
             if to.send(incoming).await.is_err() {

@@ -52,6 +52,14 @@ const WARN_LIMIT: u64 = 10;
 /// Items waiting for points other invocations hold, past which they are looked up again.
 const CONTENDED_LIMIT: usize = 8_192;
 
+/// Requests whose ledger work the pipeline does inline before the tasks beside it take over (a
+/// ledger with siblings): each sibling is a connection to open, which a cron pass of a few
+/// requests would wait for and gain nothing from.
+const INLINE_REQUESTS: u64 = 2;
+
+/// Chunks the pipeline looks up itself before the look-up ahead begins (as above).
+const INLINE_CHUNKS: usize = 2;
+
 /// How often points another invocation holds are asked for again (a shared ledger).
 const CLAIM_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -165,7 +173,7 @@ pub async fn send_from(
     let mut progress = Progress::new(config.progress, total_bytes);
     let reader = source::spawn_reader(sources, progress.bytes_read.clone(), sender);
     let requested = lookahead::Requested { jobs: config.jobs, steps: config.steps };
-    let mut receiver = lookahead::spawn(lookahead, requested, receiver);
+    let mut receiver = lookahead::spawn(lookahead, requested, INLINE_CHUNKS, receiver);
 
     // Stages 2-6 run as input arrives and requests complete.
     let mut input_done = false;
@@ -518,7 +526,7 @@ impl Pipeline<'_> {
         // Points are written on top of what earlier requests delivered to them (counts summed,
         // the largest gauges), wherever those items stood in the input. A shared ledger: the
         // points are claimed first, and the items looked up again once claimed.
-        let (items, before) = if self.claimer.is_some() {
+        let (items, before) = if self.claimer.is_some() && self.beside(self.next_request) {
             // Claimed by the request task, beside the pipeline.
             (items, HashMap::new())
         } else if self.ledger.shared() {
@@ -559,9 +567,14 @@ impl Pipeline<'_> {
             client: self.client.clone(),
             signals: self.signals.clone(),
             log_detail: self.config.log_detail,
-            claim: self.claimer.clone().map(|claimer| (claimer, now_ms)),
+            claim: self.claimer.clone().filter(|_| self.beside(number)).map(|claimer| (claimer, now_ms)),
         };
         self.inflight.spawn(task.run());
+    }
+
+    /// Whether the ledger work of request `number` is done beside the pipeline (by siblings).
+    fn beside(&self, number: u64) -> bool {
+        number > INLINE_REQUESTS
     }
 
     fn stop_on_signal(&mut self, code: i32) {

@@ -40,7 +40,7 @@ impl Pipeline<'_> {
             runs = sent;
         }
         // Accepted items marked beside the pipeline land once marked; the others land now.
-        let marked_beside = delivery.result.is_ok() && self.marker.is_some() && !self.config.marks_before_request();
+        let marked_beside = delivery.result.is_ok() && self.beside(delivery.number) && self.marker.is_some();
         if !marked_beside {
             self.land(&runs);
         }
@@ -80,7 +80,7 @@ impl Pipeline<'_> {
                 self.summary.points += delivery.points;
                 self.summary.raw_bytes += delivery.raw_bytes as u64;
                 self.summary.compressed_bytes += delivery.compressed_bytes as u64;
-                self.delivered(runs).await;
+                self.delivered(runs, marked_beside).await;
             }
             Some(error) => self.undelivered(runs, &error, delivery.cancelled).await,
         }
@@ -135,20 +135,25 @@ impl Pipeline<'_> {
     }
 
     /// Marks the runs of a confirmed request (in a dry run: in the dry run's own record), inline
-    /// or beside the pipeline (`marker.rs`).
-    pub(super) async fn delivered(&mut self, runs: Vec<Planned>) {
+    /// or (`beside`) by the marking task (`marker.rs`).
+    pub(super) async fn delivered(&mut self, runs: Vec<Planned>, beside: bool) {
         self.consecutive_failures = 0;
         if !self.config.marks_before_request() {
-            let Some(runs) = self.mark_beside(runs) else { return };
+            let runs = if beside {
+                let Some(runs) = self.mark_beside(runs) else { return };
+                runs
+            } else {
+                runs
+            };
             if let Err(error) = self.mark(&runs, Utc::now().timestamp_millis()).await {
                 // Datadog has the points; the next invocation resends them, identical.
                 self.summary.failed += runs.len() as u64;
-                if self.marker.is_some() {
+                if beside {
                     self.land(&runs);
                 }
                 return self.ledger_failed(&error);
             }
-            if self.marker.is_some() {
+            if beside {
                 self.land(&runs);
             }
             return self.settle_delivered(&runs).await;

@@ -1,0 +1,97 @@
+//! Shell conventions: `--version`, completions, the man page, `-q` and `--log-format json`.
+
+use clap::CommandFactory;
+use workflow_metrics::cli::Cli;
+
+use crate::support::fixtures::{self, spec};
+use crate::support::Env;
+
+/// Every subcommand's name, nested ones too, from the definitions `--help` is made of.
+fn subcommands(command: &clap::Command) -> Vec<String> {
+    command
+        .get_subcommands()
+        .flat_map(|sub| std::iter::once(sub.get_name().to_owned()).chain(subcommands(sub)))
+        .collect()
+}
+
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let git = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git runs (the tests run in a checkout)");
+    assert!(git.status.success(), "not a git checkout: {}", String::from_utf8_lossy(&git.stderr));
+    let commit = String::from_utf8(git.stdout).unwrap().trim().to_owned();
+    let env = Env::new();
+    let out = env.command(["--version"]).run();
+    out.expect_code(0);
+    assert_eq!(out.stdout.trim(), format!("workflow-metrics {} ({commit})", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn completions_and_the_man_page_cover_every_subcommand() {
+    let command = Cli::command();
+    let top: Vec<String> = command.get_subcommands().map(|sub| sub.get_name().to_owned()).collect();
+    let all = subcommands(&command);
+    assert!(all.len() > top.len() && top.iter().any(|name| name == "man"), "{all:?}");
+    let env = Env::new();
+    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
+        let out = env.command(["completions", shell]).run();
+        out.expect_code(0);
+        assert!(out.stderr.is_empty(), "{shell}: {}", out.stderr);
+        for name in &all {
+            assert!(out.stdout.contains(name.as_str()), "{shell} completions lack {name}");
+        }
+        assert!(out.stdout.contains("--dry-run") && out.stdout.contains("--ledger"), "{shell}: flags missing");
+    }
+    let out = env.command(["completions", "tcsh"]).run();
+    out.expect_code(2);
+    let page = env.command(["man"]).run();
+    page.expect_code(0);
+    assert!(page.stdout.starts_with(".ie") && page.stdout.contains(".TH workflow-metrics 1"), "{}", page.stdout);
+    for name in &top {
+        assert!(
+            page.stdout.contains(&format!("workflow\\-metrics\\-{}", name.replace('-', "\\-"))),
+            "the man page lacks {name}"
+        );
+    }
+}
+
+#[test]
+fn quiet_prints_nothing_when_all_went_well_and_errors_when_not() {
+    let env = Env::new();
+    let file = env.file("runs.json", fixtures::rest_run(&spec(1), fixtures::now()).to_string());
+    let out = env.command(["send", "--dry-run", "-q"]).arg(&file).run();
+    out.expect_code(0);
+    assert_eq!(out.stderr, "", "nothing on stderr");
+    let out = env.command(["send", "--dry-run", "-q"]).arg(env.path("missing.json").to_str().unwrap()).run();
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("missing.json"), "{}", out.stderr);
+    let out = env.command(["send", "--dry-run", "-q", "-v"]).arg(&file).run();
+    out.expect_code(2);
+}
+
+#[test]
+fn json_diagnostics_are_one_object_per_line() {
+    let env = Env::new();
+    let missing = env.path("missing.json");
+    let out = env.command(["send", "--dry-run", "--log-format", "json", "-v"]).arg(missing.to_str().unwrap()).run();
+    assert_ne!(out.code, 0);
+    let lines: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("not JSON ({error}): {line}")))
+        .collect();
+    assert!(lines.len() >= 3, "{}", out.stderr);
+    for line in &lines {
+        assert!(
+            line["level"].is_string() && line["timestamp"].is_string() && line["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+    let last = lines.last().unwrap();
+    assert_eq!(last["level"], "ERROR");
+    assert!(last["fields"]["message"].as_str().unwrap().contains("missing.json"), "{last}");
+    assert!(lines.iter().any(|line| line["level"] == "INFO"), "-v shows info events: {}", out.stderr);
+}
