@@ -24,6 +24,12 @@ pub struct Cli {
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 
+    /// Settings for the commands (TOML: their long options as keys, top level or in a [send],
+    /// [check] or [ledger] table); flags and environment variables override it. Default:
+    /// workflow-metrics.toml in the working directory, if there is one.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub config: Option<PathBuf>,
+
     /// Diagnostics on stderr as text, or as JSON (one object per line, the closing line too) for
     /// log shippers.
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text, global = true)]
@@ -52,6 +58,12 @@ pub enum Command {
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+    /// Print the options COMMAND would run with and where each came from (command line,
+    /// environment, configuration file, default), passwords redacted, secrets only as set or not.
+    Config {
+        #[arg(value_name = "COMMAND", value_parser = ["send", "check", "ledger"], default_value = "send")]
+        command: String,
     },
     /// Print the man page (roff) on stdout, made from the same definitions as --help, e.g.
     /// `workflow-metrics man > ~/.local/share/man/man1/workflow-metrics.1`.

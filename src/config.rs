@@ -18,6 +18,9 @@ use crate::source::Input;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The configuration file (`config_file`): its message names the file.
+    #[error("{0}")]
+    File(String),
     #[error(
         "no Datadog API key: set DD_API_KEY, or pass --api-key-file PATH (use --dry-run to preview without a key)"
     )]
@@ -469,6 +472,20 @@ fn parse_duration(value: &str) -> Option<Duration> {
         _ => return None,
     };
     Some(Duration::from_secs(seconds))
+}
+
+/// Which secrets the environment holds (`workflow-metrics config`): names and whether each is
+/// set, never a value.
+#[must_use]
+pub fn secrets_present() -> Vec<(&'static str, bool)> {
+    ["DD_API_KEY", "GITHUB_TOKEN", "GH_TOKEN", "PGPASSWORD"]
+        .into_iter()
+        .map(|name| {
+            #[allow(clippy::disallowed_methods, reason = "config is where the environment is read")]
+            let set = std::env::var_os(name).is_some_and(|value| !value.is_empty());
+            (name, set)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod config_file;
 pub mod datadog;
 pub mod error;
 pub mod ledger;
@@ -54,6 +55,11 @@ pub fn run(cli: Cli) -> Result<Report, Error> {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "workflow-metrics", &mut script);
             Ok(Report::printing(String::from_utf8_lossy(&script).into_owned()))
+        }
+        Command::Config { command } => {
+            let described = config_file::describe(cli.config.as_deref(), &command, &config::secrets_present())
+                .map_err(|message| Error::Config(config::ConfigError::File(message)))?;
+            Ok(Report::printing(described))
         }
         Command::Man => {
             let mut page = Vec::new();

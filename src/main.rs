@@ -12,7 +12,15 @@ use workflow_metrics::{error_chain, run};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let cli = Cli::parse();
+    // The configuration file's settings join the command line as the flags they stand for.
+    let args = match workflow_metrics::config_file::apply(std::env::args_os().collect()) {
+        Ok(applied) => applied.args,
+        Err(message) => {
+            eprintln!("workflow-metrics: error: {message}");
+            std::process::exit(workflow_metrics::error::exit_code::USAGE);
+        }
+    };
+    let cli = Cli::parse_from(args);
     let default_level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
         (false, 0) => "warn",

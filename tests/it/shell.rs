@@ -95,3 +95,62 @@ fn json_diagnostics_are_one_object_per_line() {
     assert!(last["fields"]["message"].as_str().unwrap().contains("missing.json"), "{last}");
     assert!(lines.iter().any(|line| line["level"] == "INFO"), "-v shows info events: {}", out.stderr);
 }
+
+#[test]
+fn a_configuration_file_sets_options_that_flags_and_the_environment_override() {
+    let env = Env::new();
+    let file = env.file("runs.json", fixtures::rest_run(&spec(1), fixtures::now()).to_string());
+    env.file(
+        "workflow-metrics.toml",
+        "ledger = \"postgres://metrics:hunter2@db.invalid/metrics\"\n\
+         [send]\nmetric-prefix = \"cfg.actions\"\ntag = [\"team:platform\", \"env:prod\"]\nlog-detail = \"full\"\njobs = true\n",
+    );
+    // The file's options apply (its ledger too, which the test harness's --ledger overrides).
+    let out = env.command(["send", "--dry-run"]).arg(&file).run();
+    out.expect_code(0);
+    let log = env.logs().concat();
+    assert!(log.contains("cfg.actions.workflow_run.total") && log.contains("team:platform"), "{log}");
+    assert!(log.contains("env:prod") && log.contains("jobs=true"), "{log}");
+    // A flag overrides the file; so does the environment.
+    let out = env.command(["send", "--dry-run", "--metric-prefix", "flag.actions"]).arg(&file).run();
+    out.expect_code(0);
+    assert!(env.logs().last().unwrap().contains("flag.actions.workflow_run.total"));
+    let shown = env.command(["config"]).var("DD_API_KEY", crate::support::API_KEY).var("DD_SITE", "datadoghq.eu").run();
+    shown.expect_code(0);
+    for line in [
+        "metric-prefix = \"cfg.actions\"  # file",
+        "tag = [\"team:platform\", \"env:prod\"]  # file",
+        "site = \"datadoghq.eu\"  # environment",
+        "ledger = \"postgres://metrics@db.invalid/metrics\"  # file",
+        "batch-size = 2000  # default",
+        "DD_API_KEY set",
+    ] {
+        assert!(shown.stdout.contains(line), "{line} missing:\n{}", shown.stdout);
+    }
+    assert!(!shown.stdout.contains("hunter2") && !shown.stdout.contains(crate::support::API_KEY), "{}", shown.stdout);
+}
+
+#[test]
+fn a_bad_configuration_file_is_named_and_nothing_runs() {
+    let env = Env::new();
+    let file = env.file("runs.json", fixtures::rest_run(&spec(1), fixtures::now()).to_string());
+    for (content, says) in [
+        (
+            "[send]\nno-such-option = 1\n",
+            "[send] no-such-option: `workflow-metrics send` has no option --no-such-option",
+        ),
+        ("[send]\njobs = \"yes\"\n", "[send] jobs: a switch, give true or false"),
+        ("[send\n", "is not valid TOML"),
+        ("[deploy]\nx = 1\n", "unknown table [deploy]"),
+        ("[send]\nbatch-size = \"many\"\n", "invalid value 'many' for '--batch-size"),
+    ] {
+        let config = env.file("bad.toml", content);
+        let out = env.command(["send", "--dry-run", "--config", &config]).arg(&file).run();
+        out.expect_code(2);
+        assert!(out.stderr.contains("bad.toml") && out.stderr.contains(says), "{content}: {}", out.stderr);
+        assert!(env.logs().is_empty(), "{content}: nothing ran");
+    }
+    let out = env.command(["send", "--dry-run", "--config", "missing.toml"]).arg(&file).run();
+    out.expect_code(2);
+    assert!(out.stderr.contains("missing.toml"), "{}", out.stderr);
+}
