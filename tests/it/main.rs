@@ -4,6 +4,7 @@
 //! (matklad's "Delete Cargo Integration Tests").
 
 mod cli;
+mod dashboard;
 mod github;
 mod hostile;
 mod reliability;
