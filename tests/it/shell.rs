@@ -154,3 +154,25 @@ fn a_bad_configuration_file_is_named_and_nothing_runs() {
     out.expect_code(2);
     assert!(out.stderr.contains("missing.toml"), "{}", out.stderr);
 }
+
+#[test]
+fn the_examples_commands_are_ones_the_binary_takes() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let service = std::fs::read_to_string(root.join("systemd/workflow-metrics.service")).unwrap();
+    let exec = service.lines().find_map(|line| line.strip_prefix("ExecStart=")).expect("an ExecStart line");
+    let mut systemd: Vec<String> = exec.split_whitespace().map(str::to_owned).collect();
+    assert!(systemd[0].ends_with("/workflow-metrics"), "{exec}");
+    systemd[0] = "workflow-metrics".to_owned();
+    let cronjob = std::fs::read_to_string(root.join("kubernetes/cronjob.yaml")).unwrap();
+    let args = cronjob.lines().find_map(|line| line.trim().strip_prefix("args: ")).expect("an args line");
+    let kubernetes: Vec<String> = std::iter::once("workflow-metrics".to_owned())
+        .chain(serde_json::from_str::<Vec<String>>(args).expect("args as a flow sequence of strings"))
+        .collect();
+    for command in [systemd, kubernetes] {
+        if let Err(error) = <Cli as clap::Parser>::try_parse_from(&command) {
+            panic!("{command:?}: {error}");
+        }
+    }
+    let timer = std::fs::read_to_string(root.join("systemd/workflow-metrics.timer")).unwrap();
+    assert!(timer.contains("OnUnitActiveSec=") && cronjob.contains("concurrencyPolicy: Forbid"));
+}
