@@ -759,7 +759,12 @@ fn floor(path: &Path) -> Floor {
     let (ledger, encode, compress, gzip, bodies, gzip_bytes) = {
         let mut work = Work {
             insert: transaction.prepare("INSERT INTO k VALUES (?1)").unwrap(),
-            spec: SeriesSpec { prefix: "github.actions".into(), extra_tags: vec![], fields: TagFields::default() },
+            spec: SeriesSpec {
+                prefix: "github.actions".into(),
+                extra_tags: vec![],
+                fields: TagFields::default(),
+                ..SeriesSpec::default()
+            },
             batch: Vec::with_capacity(2500),
             ledger: Duration::ZERO,
             encode: Duration::ZERO,

@@ -175,6 +175,18 @@ pub struct SendArgs {
     #[arg(long = "tag", value_name = "KEY:VALUE")]
     pub tags: Vec<String>,
 
+    /// The metrics to send, as globs on their names after the prefix, comma-separated or
+    /// repeated; !GLOB excludes. E.g. 'workflow_run.*,job.*,!*.conclusion.*'. Each metric and tag
+    /// set is a custom metric on the Datadog bill. Default: all.
+    #[arg(long, value_name = "GLOBS")]
+    pub metrics: Vec<String>,
+
+    /// The tag keys to keep, as globs, comma-separated or repeated; !GLOB drops. E.g.
+    /// '*,!branch,!run_attempt'. Items that then differ in no kept tag share their points (their
+    /// counts are summed). Default: all.
+    #[arg(long, value_name = "GLOBS")]
+    pub tag_keys: Vec<String>,
+
     /// Fetch the runs of this repository from GitHub's API (repeatable): incremental, with a
     /// cursor per repository in the ledger. The token comes from GITHUB_TOKEN, else GH_TOKEN,
     /// else --github-token-file, and needs `actions: read`.

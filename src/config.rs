@@ -10,7 +10,7 @@ use crate::cli::{
 };
 use crate::datadog::{self, ApiKey, Compression};
 use crate::ledger::{Location, PgTarget};
-use crate::metrics::{self, SeriesSpec, TagFields};
+use crate::metrics::{self, Patterns, SeriesSpec, TagFields};
 use crate::model;
 use crate::retry::RetryPolicy;
 use crate::source::github::{GithubApp, GithubAuth, GithubToken, Repositories, RescanPolicy};
@@ -18,6 +18,8 @@ use crate::source::Input;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("{option}: {reason}")]
+    Patterns { option: &'static str, reason: String },
     /// The configuration file (`config_file`): its message names the file.
     #[error("{0}")]
     File(String),
@@ -181,6 +183,17 @@ impl SendConfig {
             None => None,
         };
         let extra_tags = args.tags.iter().map(|tag| user_tag(tag)).collect::<Result<Vec<_>, _>>()?;
+        let metrics =
+            Patterns::parse(&args.metrics).map_err(|reason| ConfigError::Patterns { option: "--metrics", reason })?;
+        let known = SeriesSpec::metric_names();
+        if let Some(unknown) = metrics.unmatched(&known).next() {
+            return Err(ConfigError::Patterns {
+                option: "--metrics",
+                reason: format!("{unknown} matches no metric; the metrics are {}", known.join(", ")),
+            });
+        }
+        let tag_keys =
+            Patterns::parse(&args.tag_keys).map_err(|reason| ConfigError::Patterns { option: "--tag-keys", reason })?;
         let prefix = prefix(&args.metric_prefix)?;
         let max_age = parse_duration(&args.max_age)
             .filter(|age| *age <= Duration::from_secs(3600))
@@ -218,6 +231,8 @@ impl SendConfig {
                     sender_type: args.tag_fields.contains(&TagFieldArg::SenderType),
                     pull_request_number: args.tag_fields.contains(&TagFieldArg::PullRequestNumber),
                 },
+                metrics,
+                tag_keys,
             },
             default_repo,
             github,

@@ -88,9 +88,11 @@ fn send(config: SendConfig) -> Result<Report, Error> {
     let ledger = config.ledger.to_string();
     let endpoint = datadog::series_url(&config.endpoint.base_url);
     let options = format!(
-        "prefix={} tags={} max_age={}s historical={} stamp_now={} compression={} batch_size={} jobs={} steps={} distributions={}",
+        "prefix={} tags={} metrics={} tag_keys={} max_age={}s historical={} stamp_now={} compression={} batch_size={} jobs={} steps={} distributions={}",
         config.spec.prefix,
         if config.spec.extra_tags.is_empty() { "-".to_owned() } else { config.spec.extra_tags.join(",") },
+        config.spec.metrics,
+        config.spec.tag_keys,
         config.max_age.as_secs(),
         config.historical,
         config.stamp_now,

@@ -10,7 +10,7 @@ use workflow_metrics::source::file::{read_from, Record};
 use workflow_metrics::source::Input;
 
 fuzz_target!(|data: &[u8]| {
-    let spec = SeriesSpec { prefix: "p".into(), extra_tags: vec![], fields: TagFields::default() };
+    let spec = SeriesSpec { prefix: "p".into(), extra_tags: vec![], fields: TagFields::default(), ..SeriesSpec::default() };
     let mut planner = Planner::new(spec.clone());
     let mut planned = Vec::new();
     let mut sink = |record: Record| {

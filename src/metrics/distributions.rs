@@ -42,6 +42,7 @@ impl SeriesSpec {
                 series[at].points.push((planned.timestamp, value));
             }
         }
+        series.retain(|one| self.sends(&one.metric));
         for one in &mut series {
             one.points.sort_by_key(|&(timestamp, _)| timestamp);
         }

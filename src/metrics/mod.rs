@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::model::{Entity, Item};
 
 mod distributions;
+pub mod filter;
 mod job;
 mod quota;
 mod run;
@@ -14,6 +15,7 @@ pub mod tags;
 
 pub use quota::quota_series;
 
+pub use filter::Patterns;
 pub use tags::{normalise_tag, tag, MAX_TAG_LENGTH};
 
 /// Datadog metric kinds we send.
@@ -53,12 +55,17 @@ pub struct Series {
 }
 
 /// How items become series: the prefix and the user's own tags, both validated by `config`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SeriesSpec {
     pub prefix: String,
     pub extra_tags: Vec<String>,
     /// Tags on request (`--tag-fields`).
     pub fields: TagFields,
+    /// `--metrics`: the metrics sent, by their names after the prefix (`workflow_run.total`).
+    pub metrics: Patterns,
+    /// `--tag-keys`: the tag keys kept. Applied before point keys are made, so items whose tags
+    /// differ only in a dropped key share a point (their counts are summed, as for any point).
+    pub tag_keys: Patterns,
 }
 
 /// Tags that make a series per person or per pull request, so only on request
@@ -240,7 +247,47 @@ impl SeriesSpec {
             Item::Step(step) => job::step_tags(step, self.extra_tags.len()),
         };
         tags.extend(self.extra_tags.iter().cloned());
+        self.keep_tag_keys(&mut tags);
         tags
+    }
+
+    /// Drops the tags whose keys `--tag-keys` leaves out.
+    pub(crate) fn keep_tag_keys(&self, tags: &mut Vec<String>) {
+        if !self.tag_keys.is_all() {
+            tags.retain(|tag| self.tag_keys.matches(tag.split_once(':').map_or(tag.as_str(), |(key, _)| key)));
+        }
+    }
+
+    /// Whether `--metrics` chooses the metric `name` (a full name, with the prefix).
+    pub(crate) fn sends(&self, name: &str) -> bool {
+        self.metrics.is_all()
+            || name
+                .strip_prefix(&self.prefix)
+                .and_then(|rest| rest.strip_prefix('.'))
+                .is_some_and(|rest| self.metrics.matches(rest))
+    }
+
+    /// Every metric name the families can send, after the prefix (a conclusion's as
+    /// `conclusion.success_total`): what `--metrics` is checked against.
+    #[must_use]
+    pub fn metric_names() -> Vec<String> {
+        let mut names = Vec::new();
+        for entity in [Entity::WorkflowRun, Entity::Job, Entity::Step] {
+            let family = family(entity);
+            let entity = entity.name();
+            names.push(format!("{entity}.{TOTAL}"));
+            names.push(format!("{entity}.conclusion.success_total"));
+            names.push(format!("{entity}.conclusion.failure_total"));
+            for gauge in family.gauges {
+                names.push(format!("{entity}.{}", gauge.name));
+                if gauge.distribution {
+                    names.push(format!("{entity}.{}{DISTRIBUTION_SUFFIX}", gauge.name));
+                }
+            }
+            names.extend(family.tallies.iter().map(|tally| format!("{entity}.{tally}")));
+        }
+        names.extend(["limit", "remaining", "used"].map(|gauge| format!("api_rate_limit.{gauge}")));
+        names
     }
 
     /// The series of `items`, which travel in one request. Items sharing a point key are summed
@@ -345,6 +392,7 @@ impl SeriesSpec {
                 }
             }
         }
+        series.retain(|one| self.sends(&one.metric));
         series
     }
 }
@@ -515,6 +563,7 @@ mod tests {
             prefix: "github.actions".into(),
             extra_tags: vec!["team:ci".into()],
             fields: TagFields::default(),
+            ..SeriesSpec::default()
         };
         let run = planned(&spec, &completed());
         let series = spec.series(std::slice::from_ref(&run), &nothing_sent);
@@ -546,7 +595,12 @@ mod tests {
 
     #[test]
     fn colliding_counts_are_summed_on_top_of_what_was_sent() {
-        let spec = SeriesSpec { prefix: "p".into(), extra_tags: vec![], fields: TagFields::default() };
+        let spec = SeriesSpec {
+            prefix: "p".into(),
+            extra_tags: vec![],
+            fields: TagFields::default(),
+            ..SeriesSpec::default()
+        };
         let first = planned(&spec, &completed());
         let second = planned(&spec, &with(completed(), "id", Scalar::UInt(43)));
         let other_time = planned(&spec, &with(completed(), "updated", s("2024-05-01T10:06:00Z")));
@@ -566,7 +620,12 @@ mod tests {
 
     #[test]
     fn colliding_gauges_keep_the_largest_value_across_requests() {
-        let spec = SeriesSpec { prefix: "p".into(), extra_tags: vec![], fields: TagFields::default() };
+        let spec = SeriesSpec {
+            prefix: "p".into(),
+            extra_tags: vec![],
+            fields: TagFields::default(),
+            ..SeriesSpec::default()
+        };
         // 269.5 s and 30.5 s queued, completed at the same second as runs sent earlier whose
         // largest duration was 500 s and largest queue time 10 s.
         let run = planned(&spec, &completed());
@@ -598,7 +657,12 @@ mod tests {
     fn runner_errors_are_counted_where_there_are_some_summed_on_top_of_what_was_sent() {
         use crate::model::job_testing::{job, raw};
         use crate::model::RunnerErrors;
-        let spec = SeriesSpec { prefix: "p".into(), extra_tags: vec![], fields: TagFields::default() };
+        let spec = SeriesSpec {
+            prefix: "p".into(),
+            extra_tags: vec![],
+            fields: TagFields::default(),
+            ..SeriesSpec::default()
+        };
         let plan = |id: u64, errors: RunnerErrors| {
             let mut raw = raw();
             raw.id = Some(Scalar::UInt(id));
@@ -633,7 +697,12 @@ mod tests {
 
     #[test]
     fn split_keeps_point_keys_together() {
-        let spec = SeriesSpec { prefix: "p".into(), extra_tags: vec![], fields: TagFields::default() };
+        let spec = SeriesSpec {
+            prefix: "p".into(),
+            extra_tags: vec![],
+            fields: TagFields::default(),
+            ..SeriesSpec::default()
+        };
         let same: Vec<_> = (0..3).map(|i| planned(&spec, &with(completed(), "id", Scalar::UInt(100 + i)))).collect();
         assert!(split_in_two(same.clone()).is_err());
         let mut runs = same;
@@ -646,7 +715,12 @@ mod tests {
 
     #[test]
     fn the_planner_cache_gives_the_same_plan() {
-        let spec = SeriesSpec { prefix: "p".into(), extra_tags: vec!["x:y".into()], fields: TagFields::default() };
+        let spec = SeriesSpec {
+            prefix: "p".into(),
+            extra_tags: vec!["x:y".into()],
+            fields: TagFields::default(),
+            ..SeriesSpec::default()
+        };
         let mut planner = Planner::new(spec.clone());
         for fields in [completed(), with(completed(), "branch", s("dev")), completed()] {
             let run = completed_run(&fields);

@@ -11,6 +11,7 @@ use crate::model::Quota;
 pub fn quota_series(spec: &SeriesSpec, quota: &Quota, timestamp: i64) -> Vec<Series> {
     let mut tags = vec![tag("resource", &quota.resource)];
     tags.extend(spec.extra_tags.iter().cloned());
+    spec.keep_tag_keys(&mut tags);
     let tags: Arc<[String]> = tags.into();
     [("limit", quota.limit), ("remaining", quota.remaining), ("used", quota.used)]
         .into_iter()
@@ -22,6 +23,7 @@ pub fn quota_series(spec: &SeriesSpec, quota: &Quota, timestamp: i64) -> Vec<Ser
             // Counts of requests: exact in an f64.
             points: vec![(timestamp, value as f64)],
         })
+        .filter(|one| spec.sends(&one.metric))
         .collect()
 }
 
@@ -36,6 +38,7 @@ mod tests {
             prefix: "github.actions".into(),
             extra_tags: vec!["team:ci".into()],
             fields: TagFields::default(),
+            ..SeriesSpec::default()
         };
         let quota = Quota { limit: 5000, remaining: 4990, used: 10, reset: 0, resource: "core".into() };
         let series = quota_series(&spec, &quota, 1_700_000_000);

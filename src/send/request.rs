@@ -150,9 +150,12 @@ impl RequestTask {
                 runlog::by_tag_set(&series, |group| runlog::format_points(&mut delivery.log, number, group, &strip));
             }
         }
+        let nothing_chosen = series.is_empty();
         drop(series);
         match self.client {
             None => delivery.result = Ok(0),
+            // `--metrics` chose none of these items' metrics: nothing to post.
+            Some(_) if nothing_chosen => delivery.result = Ok(0),
             Some(client) => {
                 let body = Bytes::from(body);
                 let compression = self.compression;

@@ -4,6 +4,7 @@
 //! (matklad's "Delete Cargo Integration Tests").
 
 mod cli;
+mod cost;
 mod dashboard;
 mod github;
 mod hostile;

@@ -61,6 +61,7 @@ impl Pipeline<'_> {
         let status_text = match &error {
             Some(error) => error.status().map_or_else(|| "error".to_owned(), |status| status.to_string()),
             None if self.config.dry_run => "dry-run".to_owned(),
+            None if delivery.series == 0 => "none-chosen".to_owned(),
             None => status.to_string(),
         };
         let error_text = error.as_ref().map(ToString::to_string);
