@@ -3,6 +3,7 @@
 //! runs against both), and a strict stand-in for Datadog's intake on 127.0.0.1. One test binary
 //! (matklad's "Delete Cargo Integration Tests").
 
+mod action;
 mod cli;
 mod cost;
 mod dashboard;
