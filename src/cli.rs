@@ -116,10 +116,41 @@ pub struct LedgerLocationArgs {
 pub enum LedgerAction {
     /// List the dead letters: runs Datadog rejected (400), with its error, one JSON line each.
     Dead,
-    /// List the keys in one state, one per line (reads the ledger without waiting for its lock).
+    /// List the items in one state (default: sent), one key per line or (--output json) one
+    /// object per line with its state, time and error; narrowed by repository and time. Reads
+    /// the ledger without waiting for its lock.
     List {
         #[arg(long, value_enum, default_value_t = KeyStateArg::Sent)]
         state: KeyStateArg,
+        #[command(flatten)]
+        filter: ItemFilterArgs,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// Counts by state and by repository, the oldest and newest item of each, the cursors, the
+    /// claims held (PostgreSQL) and the ledger's size. Reads without waiting for its lock.
+    Stats {
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// Forget sent items and dead letters (by key, repository or time), so that the next send
+    /// sends them again: after fixing a tag, or when Datadog lost a period. Shows what it would
+    /// forget and asks, unless --yes (required when stdin is not a terminal).
+    Forget {
+        /// Keys to forget (with the filters, those of them that match).
+        #[arg(value_name = "KEY")]
+        keys: Vec<String>,
+        #[command(flatten)]
+        filter: ItemFilterArgs,
+        /// Only sent items, or only dead letters (default: both).
+        #[arg(long, value_enum)]
+        state: Option<ForgetState>,
+        /// Show what would be forgotten; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Forget without asking.
+        #[arg(long, short)]
+        yes: bool,
     },
     /// Check the ledger's integrity (reads it without waiting for its lock).
     Verify,
@@ -143,6 +174,27 @@ pub enum LedgerAction {
         #[arg(long)]
         all: bool,
     },
+}
+
+/// Which items `ledger list` and `ledger forget` take.
+#[derive(Debug, Args)]
+pub struct ItemFilterArgs {
+    /// Only this repository's items (owner/repo).
+    #[arg(long, value_name = "OWNER/REPO")]
+    pub repository: Option<String>,
+    /// Only items at or after this time: a date (2025-09-01, or RFC 3339) or a duration ago (7d,
+    /// 12h). An item's time is its point's timestamp (sent) or its completion.
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only items before this time (as --since).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ForgetState {
+    Sent,
+    Dead,
 }
 
 #[derive(Debug, Args)]

@@ -20,6 +20,10 @@ use crate::source::Input;
 pub enum ConfigError {
     #[error("{option}: {reason}")]
     Patterns { option: &'static str, reason: String },
+    #[error("{option} {value:?}: give a date (2025-09-01, or RFC 3339) or a duration ago (7d, 12h)")]
+    Time { option: &'static str, value: String },
+    #[error("{0}")]
+    Refused(String),
     /// The configuration file (`config_file`): its message names the file.
     #[error("{0}")]
     File(String),
@@ -411,6 +415,32 @@ fn github(args: &SendArgs, max_age: Duration) -> Result<Option<GithubConfig>, Co
         rescan,
         max_wait: Duration::from_secs(args.github_max_wait),
     }))
+}
+
+/// The items `ledger list` or `ledger forget` take: `args`, in `states`, among `keys` (none:
+/// any key).
+///
+/// # Errors
+/// A time that is neither a date nor a duration.
+pub fn item_filter(
+    args: &crate::cli::ItemFilterArgs,
+    states: Vec<crate::ledger::KeyState>,
+    keys: Vec<String>,
+    now: i64,
+) -> Result<crate::ledger::inspect::Filter, ConfigError> {
+    let time = |option: &'static str, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(|text| since(text, now).ok_or_else(|| ConfigError::Time { option, value: text.to_owned() }))
+            .transpose()
+    };
+    Ok(crate::ledger::inspect::Filter {
+        states,
+        repository: args.repository.as_ref().map(|repository| repository.to_lowercase()),
+        since: time("--since", &args.since)?,
+        until: time("--until", &args.until)?,
+        keys,
+    })
 }
 
 /// `--since`: a duration back from `now` (with `d` for days too), or a date.

@@ -7,6 +7,7 @@ pub mod config_file;
 pub mod datadog;
 pub mod error;
 pub mod ledger;
+mod ledger_stats;
 pub mod metrics;
 pub mod model;
 pub mod retry;
@@ -18,8 +19,9 @@ use chrono::Utc;
 
 use clap::CommandFactory;
 
-use crate::cli::{Cli, Command, KeyStateArg, LedgerAction, LedgerArgs, OutputFormat};
+use crate::cli::{Cli, Command, ForgetState, KeyStateArg, LedgerAction, LedgerArgs, OutputFormat};
 use crate::config::{CheckConfig, SendConfig};
+use crate::ledger::inspect;
 use crate::ledger::KeyState;
 use crate::runlog::{Header, RunLog};
 
@@ -174,17 +176,54 @@ fn ledger_command(args: LedgerArgs) -> Result<Report, Error> {
                 let freed = ledger::open(&location, lock_timeout).await?.requeue(if all { None } else { Some(&keys) }).await?;
                 (format!("requeued {freed} dead letter(s): the next send sends them again"), None)
             }
-            LedgerAction::List { state } => {
+            LedgerAction::List { state, filter, output } => {
                 let state = match state {
                     KeyStateArg::Sent => KeyState::Sent,
                     KeyStateArg::TooOld => KeyState::SkippedTooOld,
                     KeyStateArg::Dead => KeyState::Dead,
                 };
-                let keys = match ledger::open_read_only(&location).await? {
-                    Some(mut ledger) => ledger.keys(state).await?,
+                let filter = config::item_filter(&filter, vec![state], Vec::new(), Utc::now().timestamp())?;
+                let mut lines = Vec::new();
+                if let Some(mut ledger) = ledger::open_read_only(&location).await? {
+                    inspect::each(ledger.as_mut(), &filter, |entry| {
+                        lines.push(match output {
+                            OutputFormat::Text => entry.key,
+                            OutputFormat::Json => serde_json::to_string(&entry).unwrap_or_default(),
+                        });
+                        Ok(())
+                    })
+                    .await?;
+                }
+                (format!("{} key(s) in {location}", lines.len()), Some(lines.join("\n")).filter(|s| !s.is_empty()))
+            }
+            LedgerAction::Stats { output } => {
+                let Some(mut ledger) = ledger::open_read_only(&location).await? else {
+                    return Err(Error::Ledger(ledger::LedgerError::Missing { path: location.to_string() }));
+                };
+                let stats = inspect::stats(ledger.as_mut(), Utc::now().timestamp_millis()).await?;
+                let shown = match output {
+                    OutputFormat::Text => ledger_stats::text(&stats),
+                    OutputFormat::Json => serde_json::to_string_pretty(&stats).unwrap_or_default(),
+                };
+                let line = format!(
+                    "{} sent, {} too old, {} dead letter(s) in {location}",
+                    stats.total.sent.items, stats.total.too_old.items, stats.total.dead.items
+                );
+                (line, Some(shown))
+            }
+            LedgerAction::Forget { keys, filter, state, dry_run, yes } => {
+                let states = match state {
+                    Some(ForgetState::Sent) => vec![KeyState::Sent],
+                    Some(ForgetState::Dead) => vec![KeyState::Dead],
                     None => Vec::new(),
                 };
-                (format!("{} key(s) in {location}", keys.len()), Some(keys.join("\n")).filter(|s| !s.is_empty()))
+                if keys.is_empty() && filter.repository.is_none() && filter.since.is_none() && filter.until.is_none() {
+                    return Err(Error::Config(config::ConfigError::Refused(
+                        "ledger forget: name keys, --repository, --since or --until (to forget everything, start a new ledger)".to_owned(),
+                    )));
+                }
+                let filter = config::item_filter(&filter, states, keys, Utc::now().timestamp())?;
+                ledger_stats::forget(&location, lock_timeout, &filter, dry_run, yes).await?
             }
             LedgerAction::Export => {
                 let Some(mut ledger) = ledger::open_read_only(&location).await? else {

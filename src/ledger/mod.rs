@@ -21,6 +21,7 @@ use crate::metrics::{Gauges, SentPoint, Tallies, MAX_GAUGES, MAX_TALLIES};
 
 #[cfg(test)]
 mod conformance;
+pub mod inspect;
 mod overlay;
 pub mod postgres;
 pub mod sqlite;
@@ -196,6 +197,18 @@ pub trait Ledger: Send {
     /// it. PostgreSQL: another connection of the same invocation (its claims are this one's).
     fn sibling(&self) -> Option<Box<dyn Ledger>> {
         None
+    }
+
+    /// How many points are claimed at `now_ms` (leases not ended): `ledger stats`. `None` where
+    /// there are no claims (SQLite).
+    async fn claims_held(&mut self, now_ms: i64) -> Result<Option<u64>, LedgerError> {
+        let _ = now_ms;
+        Ok(None)
+    }
+
+    /// The space the ledger takes, in bytes, if the backend can tell: `ledger stats`.
+    async fn size_bytes(&mut self) -> Result<Option<u64>, LedgerError> {
+        Ok(None)
     }
 
     /// What the ledger knows of each key, in the order given, in one round trip.

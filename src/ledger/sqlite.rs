@@ -348,6 +348,15 @@ impl Ledger for SqliteLedger {
             .map_err(|source| self.query_error("counting rows", source))
     }
 
+    async fn size_bytes(&mut self) -> Result<Option<u64>, LedgerError> {
+        self.connection
+            .query_row("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map(|bytes| u64::try_from(bytes).ok())
+            .map_err(|source| self.query_error("reading the ledger's size", source))
+    }
+
     async fn cursor(&mut self, scope: &str) -> Result<Option<String>, LedgerError> {
         let query = || -> rusqlite::Result<Option<String>> {
             let mut statement = self.connection.prepare_cached("SELECT cursor FROM cursors WHERE scope = ?1")?;

@@ -9,6 +9,7 @@ mod cost;
 mod dashboard;
 mod github;
 mod hostile;
+mod ledger_ops;
 mod reliability;
 mod send;
 mod shapes;

@@ -613,6 +613,29 @@ impl Ledger for PgLedger {
         )
     }
 
+    async fn claims_held(&mut self, now_ms: i64) -> Result<Option<u64>, LedgerError> {
+        let held: i64 = with_conn!(self, "counting claims", |conn| {
+            Ok(conn.client.query_one("SELECT COUNT(*) FROM claims WHERE expires_at > $1", &[&now_ms]).await?.get(0))
+        })?;
+        Ok(u64::try_from(held).ok())
+    }
+
+    async fn size_bytes(&mut self) -> Result<Option<u64>, LedgerError> {
+        let bytes: i64 = with_conn!(self, "reading the ledger's size", |conn| {
+            Ok(conn
+                .client
+                .query_one(
+                    "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
+                     WHERE c.relname IN ('sent_metrics', 'skipped_runs', 'cursors', 'claims', 'workflow_metrics_schema')
+                       AND c.relnamespace = current_schema()::regnamespace",
+                    &[],
+                )
+                .await?
+                .get(0))
+        })?;
+        Ok(u64::try_from(bytes).ok())
+    }
+
     async fn release_marked(&mut self) -> Result<(), LedgerError> {
         let marked = std::mem::take(&mut *self.marked.lock().unwrap_or_else(PoisonError::into_inner));
         self.release(&marked).await

@@ -135,6 +135,10 @@ impl Intake {
         self.inner.lock().unwrap().poison_tag = Some(tag.to_owned());
     }
 
+    pub fn clear_poison(&self) {
+        self.inner.lock().unwrap().poison_tag = None;
+    }
+
     pub fn latency(&self, latency: std::time::Duration) {
         self.inner.lock().unwrap().latency = latency;
     }
