@@ -400,6 +400,12 @@ pub struct SendArgs {
     /// Print the closing summary as JSON on stdout.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+
+    /// With --dry-run: print a table on stdout after the summary (per repository and workflow:
+    /// runs, conclusions, median duration, what is skipped and why). auto: when stdout is a
+    /// terminal and --output is text.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = PreviewWhen::Auto)]
+    pub preview: PreviewWhen,
 }
 
 #[derive(Debug, Args)]
@@ -435,6 +441,13 @@ pub enum LogDetail {
     Full,
     Compact,
     Requests,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PreviewWhen {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

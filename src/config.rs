@@ -2,11 +2,13 @@
 //! module that reads the environment (`DD_API_KEY`, `GITHUB_EVENT_PATH`, `PGPASSWORD`...);
 //! `clippy.toml` bans `std::env::var` everywhere else.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::{
-    CheckArgs, CommonArgs, CompressionArg, LedgerLocationArgs, LogDetail, OutputFormat, SendArgs, TagFieldArg,
+    CheckArgs, CommonArgs, CompressionArg, LedgerLocationArgs, LogDetail, OutputFormat, PreviewWhen, SendArgs,
+    TagFieldArg,
 };
 use crate::datadog::{self, ApiKey, Compression};
 use crate::ledger::{Location, PgTarget};
@@ -126,6 +128,8 @@ pub struct SendConfig {
     pub compression: Compression,
     pub batch_size: usize,
     pub output: OutputFormat,
+    /// A dry run prints its preview table on stdout.
+    pub preview: bool,
     pub concurrency: usize,
     pub retry: RetryPolicy,
     pub circuit_breaker: u32,
@@ -253,6 +257,11 @@ impl SendConfig {
             },
             batch_size: args.batch_size,
             output: args.output,
+            preview: match args.preview {
+                PreviewWhen::Always => true,
+                PreviewWhen::Never => false,
+                PreviewWhen::Auto => args.output == OutputFormat::Text && std::io::stdout().is_terminal(),
+            } && args.dry_run,
             concurrency: args.concurrency,
             retry,
             circuit_breaker: args.circuit_breaker,

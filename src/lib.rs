@@ -35,12 +35,14 @@ pub struct Report {
     pub summary_line: String,
     /// The summary as JSON, for stdout (`--output json`).
     pub json: Option<String>,
+    /// A dry run's table for a person, for stdout after the closing line.
+    pub preview: Option<String>,
 }
 
 impl Report {
     /// A command that only prints `text` on stdout (no closing line).
     fn printing(text: String) -> Report {
-        Report { exit_code: exit_code::OK, summary_line: String::new(), json: Some(text) }
+        Report { exit_code: exit_code::OK, summary_line: String::new(), json: Some(text), preview: None }
     }
 }
 
@@ -131,7 +133,8 @@ fn send(config: SendConfig) -> Result<Report, Error> {
     }
     let json = (config.output == OutputFormat::Json)
         .then(|| serde_json::to_string(&summary).expect("the summary serialises: plain numbers and strings"));
-    Ok(Report { exit_code: summary.exit_code, summary_line: summary.line(), json })
+    let preview = summary.preview.take().filter(|_| config.preview);
+    Ok(Report { exit_code: summary.exit_code, summary_line: summary.line(), json, preview })
 }
 
 fn check(config: CheckConfig) -> Result<Report, Error> {
@@ -153,6 +156,7 @@ fn check(config: CheckConfig) -> Result<Report, Error> {
                 counts.dead,
             ),
             json: None,
+            preview: None,
         })
     })
 }
@@ -304,6 +308,6 @@ fn ledger_command(args: LedgerArgs) -> Result<Report, Error> {
                 (format!("ledger {location} is consistent"), None)
             }
         };
-        Ok(Report { exit_code: exit_code::OK, summary_line, json })
+        Ok(Report { exit_code: exit_code::OK, summary_line, json, preview: None })
     })
 }

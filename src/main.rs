@@ -47,6 +47,9 @@ fn main() {
             if !(quiet && report.exit_code == 0) {
                 closing_line(format, if report.exit_code == 0 { "INFO" } else { "ERROR" }, &report.summary_line);
             }
+            if let Some(preview) = report.preview {
+                print!("{preview}");
+            }
             report.exit_code
         }
         Err(error) => {

@@ -4,12 +4,14 @@
 mod checkpoints;
 mod pending;
 mod pipeline;
+mod preview;
 mod progress;
 mod request;
 mod signals;
 mod summary;
 
 pub use pipeline::{send, send_from};
+pub use preview::Preview;
 pub use summary::Summary;
 
 #[cfg(test)]

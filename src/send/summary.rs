@@ -7,6 +7,9 @@ use serde::Serialize;
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Summary {
     pub dry_run: bool,
+    /// A dry run's table for a person (`preview.rs`); not in the JSON.
+    #[serde(skip)]
+    pub preview: Option<String>,
     /// Records read from the inputs (runs and values that were not runs).
     pub records: u64,
     /// Jobs and steps among the items sent (or that a dry run would send).

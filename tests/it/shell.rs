@@ -176,3 +176,35 @@ fn the_examples_commands_are_ones_the_binary_takes() {
     let timer = std::fs::read_to_string(root.join("systemd/workflow-metrics.timer")).unwrap();
     assert!(timer.contains("OnUnitActiveSec=") && cronjob.contains("concurrencyPolicy: Forbid"));
 }
+
+#[test]
+fn a_dry_run_previews_a_table_for_a_person_and_keeps_stdout_for_machines_otherwise() {
+    let env = Env::new();
+    let now = fixtures::now();
+    let runs = vec![
+        spec(1),
+        fixtures::Spec { conclusion: Some("failure"), duration: 600, ..spec(2) },
+        fixtures::Spec { status: "in_progress", conclusion: None, ..spec(3) },
+        fixtures::Spec { status: "completed", conclusion: None, ..spec(4) },
+    ];
+    let file = env.file("runs.json", fixtures::rest_page(&runs, now).to_string());
+    let out = env.command(["send", "--dry-run", "--preview", "always"]).arg(&file).run();
+    out.expect_code(0);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", out.stdout);
+    assert!(lines[0].starts_with("repository") && lines[0].contains("median") && lines[0].contains("skipped"));
+    assert!(lines[1].starts_with("octo-org/octo-repo  -"), "{}", out.stdout);
+    assert!(
+        lines[1].contains("1 completed but no conclusion") && lines[1].contains("1 not completed yet (in_progress)")
+    );
+    assert!(
+        lines[2].contains("CI") && lines[2].contains("failure 1, success 1") && lines[2].contains("7m30s"),
+        "{}",
+        out.stdout
+    );
+    // Piped (as here) the default prints nothing on stdout; --output json keeps it JSON.
+    let out = env.command(["send", "--dry-run"]).arg(&file).run();
+    assert_eq!(out.stdout, "");
+    let out = env.command(["send", "--dry-run", "--preview", "auto", "--output", "json"]).arg(&file).run();
+    assert_eq!(out.json()["would_send"], 2);
+}

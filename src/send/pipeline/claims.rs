@@ -189,7 +189,7 @@ impl Pipeline<'_> {
         }
         for planned in &settled {
             self.summary.already_sent += 1;
-            self.log.skip("already_sent", planned.item.key(), Some("by another invocation"));
+            self.skip("already_sent", planned.item.key(), Some("by another invocation"));
             self.pending_keys.remove(planned.item.key());
             self.checkpoints.settle(planned.chunk);
             self.contended_since.remove(&planned.point_key);
@@ -218,7 +218,7 @@ impl Pipeline<'_> {
             if since.elapsed() >= wait {
                 self.summary.claimed_elsewhere += items.len() as u64;
                 for planned in &items {
-                    self.log.skip("claimed_elsewhere", planned.item.key(), None);
+                    self.skip("claimed_elsewhere", planned.item.key(), None);
                     self.pending_keys.remove(planned.item.key());
                     self.contended_since.remove(&planned.point_key);
                 }

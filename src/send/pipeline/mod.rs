@@ -157,6 +157,7 @@ pub async fn send_from(
         marker,
         claimer,
         marks_done,
+        preview: config.dry_run.then(super::Preview::default),
         marking: 0,
         next_request: 1,
         planner: metrics::Planner::new(config.spec.clone()),
@@ -346,6 +347,8 @@ struct Pipeline<'a> {
     /// answers, and how many requests' items it has yet to answer for.
     marker: Option<marker::Marker>,
     marks_done: mpsc::UnboundedReceiver<marker::MarkDone>,
+    /// A dry run's preview for a person.
+    preview: Option<super::Preview>,
     /// The task claiming on a sibling of the ledger for request tasks (a shared ledger).
     claimer: Option<claims::Claimer>,
     marking: usize,
@@ -383,7 +386,7 @@ impl Pipeline<'_> {
                         if self.pending_keys.contains(completed[index].key()) {
                             let item = completed.remove(index);
                             self.summary.duplicates += 1;
-                            self.log.skip("duplicate", item.key(), None);
+                            self.skip("duplicate", item.key(), None);
                         } else {
                             index += 1;
                         }
@@ -391,7 +394,7 @@ impl Pipeline<'_> {
                 }
                 Validated::NotCompleted { key, status } => {
                     self.summary.not_completed += 1;
-                    self.log.skip("not_completed", &key, Some(&format!("status={status}")));
+                    self.skip("not_completed", &key, Some(&format!("status={status}")));
                 }
                 Validated::Invalid { origin, reason } => self.invalid(&origin, &reason),
                 Validated::Fatal { origin, reason } => {
@@ -413,7 +416,7 @@ impl Pipeline<'_> {
                 let keep = first.next().unwrap_or(true);
                 if !keep {
                     self.summary.duplicates += 1;
-                    self.log.skip("duplicate", item.key(), None);
+                    self.skip("duplicate", item.key(), None);
                 }
                 keep
             });
@@ -443,17 +446,17 @@ impl Pipeline<'_> {
             match state {
                 KeyState::Sent => {
                     self.summary.already_sent += 1;
-                    self.log.skip("already_sent", item.key(), None);
+                    self.skip("already_sent", item.key(), None);
                     continue;
                 }
                 KeyState::Dead => {
                     self.summary.dead_before += 1;
-                    self.log.skip("dead_letter", item.key(), None);
+                    self.skip("dead_letter", item.key(), None);
                     continue;
                 }
                 KeyState::SkippedTooOld if !retry_old => {
                     self.summary.too_old_before += 1;
-                    self.log.skip("too_old_before", item.key(), None);
+                    self.skip("too_old_before", item.key(), None);
                     continue;
                 }
                 KeyState::SkippedTooOld | KeyState::Unknown => {}
@@ -466,7 +469,7 @@ impl Pipeline<'_> {
                 Age::TooOld if self.config.stamp_now => now,
                 Age::TooOld => {
                     self.summary.too_old += 1;
-                    self.log.skip("too_old", item.key(), Some(&format!("completed_at={completed_at}")));
+                    self.skip("too_old", item.key(), Some(&format!("completed_at={completed_at}")));
                     too_old.push((item.key().into(), completed_at));
                     continue;
                 }
@@ -609,7 +612,7 @@ impl Pipeline<'_> {
             Item::Job(mut job) => {
                 if !self.config.jobs {
                     self.summary.not_requested += 1;
-                    self.log.skip("not_requested", &job.key, Some("pass --jobs"));
+                    self.skip("not_requested", &job.key, Some("pass --jobs"));
                     return;
                 }
                 let steps = std::mem::take(&mut job.steps);
@@ -619,6 +622,14 @@ impl Pipeline<'_> {
                 }
             }
             item => into.push(item),
+        }
+    }
+
+    /// An item skipped: in the run log, and in a dry run's preview.
+    fn skip(&mut self, reason: &str, key: &str, detail: Option<&str>) {
+        self.log.skip(reason, key, detail);
+        if let Some(preview) = &mut self.preview {
+            preview.skipped(key, reason, detail);
         }
     }
 
@@ -653,6 +664,7 @@ impl Pipeline<'_> {
         if let Err(error) = self.ledger.release_all().await {
             tracing::warn!(error = %crate::error_chain(&error), "could not release claims; they lapse with their lease");
         }
+        self.summary.preview = self.preview.as_ref().and_then(super::Preview::render);
         let summary = &mut self.summary;
         let bad_input = summary.invalid > 0 || summary.dead_letters > 0 || !summary.errors.is_empty();
         summary.exit_code = send_exit_code(self.halt.as_ref(), summary.failed + summary.unavailable, bad_input);

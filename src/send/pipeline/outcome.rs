@@ -171,6 +171,9 @@ impl Pipeline<'_> {
             self.summary.sent += count;
         }
         for planned in runs {
+            if let Some(preview) = &mut self.preview {
+                preview.would_send(&planned.item);
+            }
             self.pending_keys.remove(planned.item.key());
             self.checkpoints.settle(planned.chunk);
             match planned.item.entity() {
@@ -315,7 +318,7 @@ impl Pipeline<'_> {
                 };
                 drop(rows);
                 for planned in &runs {
-                    self.log.skip("dead_letter", planned.item.key(), Some(&format!("reason={reason}")));
+                    self.skip("dead_letter", planned.item.key(), Some(&format!("reason={reason}")));
                     self.pending_keys.remove(planned.item.key());
                     if result.is_ok() {
                         self.checkpoints.settle(planned.chunk);
