@@ -115,6 +115,8 @@ pub struct PgLedger {
     /// A second handle of the same invocation ([`Ledger::sibling`]): it leaves the claims to
     /// the first when dropped.
     is_sibling: bool,
+    /// Every claim was given back (`release_all`): nothing left for `drop` to release.
+    released_all: bool,
     /// Whether `skipped_runs` may hold keys this invocation marks as sent (it held rows when
     /// the ledger was opened, or this invocation recorded or found some): only then is marking
     /// also a delete there.
@@ -179,6 +181,7 @@ impl PgLedger {
             reconnect_deadline: Duration::from_secs(60),
             marked: Arc::default(),
             is_sibling: false,
+            released_all: false,
             may_have_skipped: Arc::new(AtomicBool::new(true)),
             scope_locks: PgScopeLocks::new(target),
         }
@@ -259,6 +262,7 @@ impl Ledger for PgLedger {
             reconnect_deadline: self.reconnect_deadline,
             marked: self.marked.clone(),
             is_sibling: true,
+            released_all: false,
             may_have_skipped: self.may_have_skipped.clone(),
             scope_locks: self.scope_locks.clone(),
         }))
@@ -304,6 +308,7 @@ impl Ledger for PgLedger {
         keys: &[&str],
         now_ms: i64,
     ) -> Result<ClaimedLookUp, LedgerError> {
+        self.released_all = false;
         let (claimed_at, claimed_keys) = sorted_claims(claims);
         let (timestamps, point_keys) = distinct_points(claims.iter().map(|claim| (claim.timestamp, claim.point_key)));
         let owner = self.owner.clone();
@@ -342,9 +347,9 @@ impl Ledger for PgLedger {
             .collect();
         let unskip = self.may_have_skipped.load(Ordering::Relaxed);
         with_conn!(self, "marking items as sent", |conn| {
-            let insert = conn.prepared(MARK).await?;
             let params: [&(dyn ToSql + Sync); 5] = [&keys, &point_keys, &timestamps, &now_ms, &values];
             if unskip {
+                let insert = conn.prepared(MARK).await?;
                 // Recorded as skipped before (too old, then sent with --historical): no longer.
                 let unskip = conn.prepared("DELETE FROM skipped_runs WHERE run_key = ANY($1::text[])").await?;
                 let transaction = conn.client.transaction().await?;
@@ -357,6 +362,7 @@ impl Ledger for PgLedger {
             // answer, an import run twice) fails it, and the batch is inserted skipping those.
             match copy_sent(&conn.client, &keys, &point_keys, &timestamps, now_ms, &values).await {
                 Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    let insert = conn.prepared(MARK).await?;
                     conn.client.execute(&insert, &params).await.map(drop)
                 }
                 copied => copied,
@@ -577,6 +583,7 @@ impl Ledger for PgLedger {
     }
 
     async fn claim(&mut self, claims: &[Claim], now_ms: i64) -> Result<Vec<bool>, LedgerError> {
+        self.released_all = false;
         let (timestamps, point_keys) = sorted_claims(claims);
         let owner = self.owner.clone();
         let expires = self.expires(now_ms);
@@ -646,7 +653,9 @@ impl Ledger for PgLedger {
         let owner = self.owner.clone();
         with_conn!(self, "releasing claims", |conn| {
             conn.client.execute("DELETE FROM claims WHERE owner = $1", &[&owner]).await.map(drop)
-        })
+        })?;
+        self.released_all = true;
+        Ok(())
     }
 
     async fn release(&mut self, claims: &[Claim]) -> Result<(), LedgerError> {
@@ -674,7 +683,7 @@ impl Drop for PgLedger {
     fn drop(&mut self) {
         // Claims still held (an invocation stopped by a signal, or failing) would otherwise wait
         // for their lease: a best-effort release, on the runtime if there is one.
-        if self.is_sibling {
+        if self.is_sibling || self.released_all {
             return;
         }
         if let (Some(conn), Ok(runtime)) = (self.conn.take(), tokio::runtime::Handle::try_current()) {
