@@ -133,6 +133,32 @@ fn a_database_restarted_in_the_middle_of_a_send_loses_nothing() {
 }
 
 #[test]
+fn a_restart_while_the_look_ups_claims_and_marks_beside_the_pipeline_run_loses_nothing() {
+    let env = Env::postgres();
+    let intake = Intake::start();
+    // Three chunks of input and many requests: past the first requests and chunks, look-ups,
+    // claims and marks run on their own connections, which the restart cuts too.
+    let (file, branches) = tagged_runs(&env, 3_000, "runs.ndjson");
+    let receiver = intake.arrivals();
+    intake.latency(Duration::from_millis(20));
+    let child = spawn_json(&env, &intake, &[&file, "--batch-size", "50", "--concurrency", "2"]);
+    for _ in 0..10 {
+        receiver.recv().unwrap();
+    }
+    postgres::restart();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("unreachable; retrying"), "the restart cut a connection in use: {stderr}");
+    assert_eq!(summary(&output)["sent"], 3_000);
+    let accepted = accepted_branches(&intake);
+    assert_eq!(accepted.keys().cloned().collect::<BTreeSet<_>>(), branches);
+    assert!(accepted.values().all(|n| *n == 1), "a run sent twice");
+    assert_eq!(env.sent_keys().len(), 3_000);
+    env.ledger_is_consistent();
+}
+
+#[test]
 fn the_password_is_never_shown_and_a_wrong_one_is_a_clear_error() {
     let env = Env::postgres();
     let intake = Intake::start();
