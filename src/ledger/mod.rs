@@ -215,8 +215,8 @@ pub trait Ledger: Send {
     async fn states(&mut self, keys: &[&str]) -> Result<Vec<KeyState>, LedgerError>;
 
     /// As [`Ledger::states`], for a look-up ahead of the pipeline that looks items up again once
-    /// it holds their points: a backend may leave out what other invocations recorded skipped
-    /// (too old, dead) since it was opened, when it is cheaper.
+    /// it holds their points: a backend may leave out what was recorded since it was opened
+    /// (sent, too old, dead; by this invocation or another), when that is cheaper.
     async fn states_ahead(&mut self, keys: &[&str]) -> Result<Vec<KeyState>, LedgerError> {
         self.states(keys).await
     }

@@ -121,6 +121,8 @@ pub struct PgLedger {
     /// the ledger was opened, or this invocation recorded or found some): only then is marking
     /// also a delete there.
     may_have_skipped: Arc<AtomicBool>,
+    /// The ledger held no item at all when this invocation opened it (a first backfill).
+    empty_at_open: bool,
     /// Locks on source scopes, shared with the sources and held as long as the ledger lives.
     scope_locks: PgScopeLocks,
 }
@@ -138,10 +140,15 @@ impl PgLedger {
     pub async fn open(target: &PgTarget, lease: Duration) -> Result<PgLedger, LedgerError> {
         let mut ledger = PgLedger::new(target, lease);
         ledger.migrate().await?;
-        let skipped = with_conn!(ledger, "reading the ledger", |conn| {
-            Ok(conn.client.query_one("SELECT EXISTS (SELECT 1 FROM skipped_runs)", &[]).await?.get::<_, bool>(0))
+        let (skipped, empty) = with_conn!(ledger, "reading the ledger", |conn| {
+            let row = conn
+                .client
+                .query_one("SELECT EXISTS (SELECT 1 FROM skipped_runs), NOT EXISTS (SELECT 1 FROM sent_metrics)", &[])
+                .await?;
+            Ok((row.get::<_, bool>(0), row.get::<_, bool>(1)))
         })?;
         ledger.may_have_skipped.store(skipped, Ordering::Relaxed);
+        ledger.empty_at_open = empty && !skipped;
         Ok(ledger)
     }
 
@@ -183,6 +190,7 @@ impl PgLedger {
             is_sibling: false,
             released_all: false,
             may_have_skipped: Arc::new(AtomicBool::new(true)),
+            empty_at_open: false,
             scope_locks: PgScopeLocks::new(target),
         }
     }
@@ -264,6 +272,7 @@ impl Ledger for PgLedger {
             is_sibling: true,
             released_all: false,
             may_have_skipped: self.may_have_skipped.clone(),
+            empty_at_open: self.empty_at_open,
             scope_locks: self.scope_locks.clone(),
         }))
     }
@@ -281,6 +290,12 @@ impl Ledger for PgLedger {
     }
 
     async fn states_ahead(&mut self, keys: &[&str]) -> Result<Vec<KeyState>, LedgerError> {
+        // An empty ledger when this invocation opened it (a first backfill): whatever it holds
+        // now was sent since, by this invocation or another, and the look-up after the claim
+        // finds it; asking here would cost a query per chunk to find next to nothing.
+        if self.empty_at_open {
+            return Ok(vec![KeyState::Unknown; keys.len()]);
+        }
         // No skipped rows when the ledger was opened, none recorded or found since: sent_metrics
         // alone (a backfill's look-ups find nothing in either table, and this is half the work).
         if self.may_have_skipped.load(Ordering::Relaxed) {
