@@ -1,9 +1,63 @@
-//! Connections to the ledger's database: the one the ledger works on, the one that holds
+//! Connections to the ledger's database: the one the ledger works on (and when a failed
+//! statement is tried again), the one that holds
 //! source scope locks, TLS, and which errors mean the connection was lost.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use super::PgTarget;
+use super::{Conn, PgLedger, PgTarget};
+use crate::ledger::LedgerError;
+
+/// The ledger's own connection, and what a failed statement means for it (`with_conn!`).
+impl PgLedger {
+    pub(super) async fn connect(&self) -> Result<Conn, tokio_postgres::Error> {
+        let client = connect(&self.target).await?;
+        // Look-ups by key never scan a whole table: a plan made while the ledger was nearly
+        // empty (or with statistics that lag a backfill) joined `sent_metrics` by sequential
+        // scans once it held a million rows (look-ups of sent points took 20 s instead of 1).
+        // Statements with no index to use (a few, once per invocation) still scan, and JIT is
+        // off: the penalty that steers plans from scans would make such a statement look
+        // costly enough to compile (130 ms for the one-row schema table), and no statement here
+        // is long enough to gain from it.
+        client.batch_execute("SET enable_seqscan = off; SET jit = off").await?;
+        Ok(Conn { client, statements: HashMap::new() })
+    }
+
+    /// After `error`: whether to try again (the connection was lost and the deadline is not
+    /// past: the connection is dropped and the wait slept), or the error that stands.
+    pub(super) async fn retry_after(
+        &mut self,
+        error: tokio_postgres::Error,
+        started: Instant,
+        wait: &mut Duration,
+        action: &'static str,
+    ) -> Result<(), LedgerError> {
+        // Refused credentials or a missing database stand at once; a lost connection is retried,
+        // and so is a transaction the server aborted to break a deadlock or a serialisation
+        // conflict with another invocation (every write here is idempotent).
+        let conflict = error.as_db_error().is_some_and(|db| matches!(db.code().code(), "40P01" | "40001"));
+        let lost = is_connection_error(&error) || self.conn.as_ref().is_some_and(|conn| conn.client.is_closed());
+        if !(lost || conflict) || started.elapsed() + *wait > self.reconnect_deadline {
+            return Err(self.error(action, error));
+        }
+        if conflict {
+            tracing::debug!(ledger = %self.target, action, "a conflict with another invocation; trying again");
+            tokio::time::sleep(Duration::from_millis(fastrand::u64(5..50))).await;
+            return Ok(());
+        }
+        tracing::warn!(ledger = %self.target, error = %crate::error::error_chain(&error), "the ledger's database is unreachable; retrying");
+        self.conn = None;
+        tokio::time::sleep(*wait).await;
+        *wait = (*wait * 2).min(Duration::from_secs(5));
+        Ok(())
+    }
+
+    pub(super) fn error(&self, action: &'static str, source: tokio_postgres::Error) -> LedgerError {
+        LedgerError::Query { path: self.target.to_string(), action, source: Box::new(source) }
+    }
+}
 
 /// A connection to `target`, its driver spawned on the current runtime.
 pub(super) async fn connect(target: &PgTarget) -> Result<Client, tokio_postgres::Error> {
