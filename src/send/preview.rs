@@ -64,7 +64,7 @@ impl Preview {
 
     /// An item skipped, as the run log says it (`reason`, `detail`), by its key.
     pub fn skipped(&mut self, key: &str, reason: &str, detail: Option<&str>) {
-        let repository = key.split_once(':').map_or(key, |(repository, _)| repository);
+        let repository = crate::ledger::inspect::repository(key);
         *self.row(repository, "-").skipped.entry(why(reason, detail)).or_default() += 1;
     }
 
