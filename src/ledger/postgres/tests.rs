@@ -68,3 +68,29 @@ async fn a_ledger_of_schema_1_is_migrated() {
     let index: Option<String> = client.query_one("SELECT to_regclass('claims_owner')::text", &[]).await.unwrap().get(0);
     assert_eq!(index, None, "schema 2 drops the index on claims' owners");
 }
+
+#[tokio::test]
+async fn the_end_gives_back_every_claim_of_the_invocation_and_its_siblings() {
+    let target = testing::fresh_database().await;
+    let mut a = PgLedger::open(&target, Duration::from_secs(60)).await.unwrap();
+    let mut b = PgLedger::open(&target, Duration::from_secs(60)).await.unwrap();
+    // Marked or released by key: the count reaches zero and the end need not ask by owner.
+    assert_eq!(a.claim(&[point(1, 1), point(1, 2)], 1_000).await.unwrap(), [true, true]);
+    let item = SentItem { key: "k1", point_key: 1, timestamp: 1, gauges: [None; 3], tallies: [0; 2] };
+    a.mark_sent(&[item], 1_000).await.unwrap();
+    a.release(&[point(1, 2)]).await.unwrap();
+    assert_eq!(a.holding.load(Ordering::Relaxed), 1, "the marked point is still held");
+    a.release_all().await.unwrap();
+    assert_eq!(a.holding.load(Ordering::Relaxed), 0);
+    assert_eq!(b.claim(&[point(1, 1), point(1, 2)], 1_000).await.unwrap(), [true, true]);
+    b.release_all().await.unwrap();
+    // A claim renewed counts twice and one taken by a sibling counts too: the end finds them.
+    let mut sibling = a.sibling().unwrap();
+    assert_eq!(a.claim(&[point(2, 1)], 2_000).await.unwrap(), [true]);
+    assert_eq!(a.claim(&[point(2, 1)], 2_000).await.unwrap(), [true]);
+    assert_eq!(sibling.claim(&[point(2, 2)], 2_000).await.unwrap(), [true]);
+    a.release(&[point(2, 1)]).await.unwrap();
+    assert!(a.holding.load(Ordering::Relaxed) > 0, "the count never falls below what is held");
+    a.release_all().await.unwrap();
+    assert_eq!(b.claim(&[point(2, 1), point(2, 2)], 2_000).await.unwrap(), [true, true]);
+}
