@@ -249,12 +249,12 @@ fn postgres_scenarios(intake: &Intake, dir: &Path, gh: &Path, cron: &Path, runs:
     // Four at once over the same input, on a fresh database, against one alone: with an instant
     // intake (where each must parse all the input on two cores), and with one that answers in
     // 100 ms (Datadog's latency, which four overlap).
-    let four_at_once = |name: &str| {
+    let four_at_once = |name: &str, inputs: [&Path; 4]| {
         let ledger = database(name);
         let started = Instant::now();
         let log_dir = bench_logs();
         let children: Vec<_> =
-            (0..4).map(|_| intake.command(BIN, gh, &ledger, &log_dir, &[]).spawn().unwrap()).collect();
+            inputs.iter().map(|input| intake.command(BIN, input, &ledger, &log_dir, &[]).spawn().unwrap()).collect();
         let (mut sent, mut rss, mut requests) = (0, 0, 0);
         for child in children {
             let output = child.wait_with_output().unwrap();
@@ -271,17 +271,32 @@ fn postgres_scenarios(intake: &Intake, dir: &Path, gh: &Path, cron: &Path, runs:
             summary: serde_json::json!({"peak_rss_bytes": rss, "requests": requests}),
         }
     };
-    let four = four_at_once("wm_bench_four");
+    let four = four_at_once("wm_bench_four", [gh; 4]);
     table.push(Row::new(
         &format!("postgres: 4 invocations at once, same {runs} gh rows"),
         &four,
         runs,
         Some(("one", pg_run.wall)),
     ));
+    // As the README advises: each worker a quarter of the repositories.
+    let quarters: Vec<_> = (0..4)
+        .map(|quarter| {
+            let path = dir.join(format!("gh-{runs}-quarter-{quarter}.json"));
+            generate(&path, || gh_quarter_file(runs, quarter));
+            path
+        })
+        .collect();
+    let split = four_at_once("wm_bench_split", std::array::from_fn(|quarter| quarters[quarter].as_path()));
+    table.push(Row::new(
+        &format!("postgres: 4 invocations at once, a quarter of the repositories each ({runs} gh rows)"),
+        &split,
+        runs,
+        Some(("one", pg_run.wall)),
+    ));
     intake.latency_ms.store(100, Ordering::SeqCst);
     let one = intake.send_ledger(BIN, gh, &database("wm_bench_one_slow"), &[]);
     table.push(Row::new(&format!("postgres: 1 invocation, {runs} gh rows, intake +100 ms"), &one, runs, None));
-    let four = four_at_once("wm_bench_four_slow");
+    let four = four_at_once("wm_bench_four_slow", [gh; 4]);
     table.push(Row::new(
         &format!("postgres: 4 invocations at once, {runs} gh rows, intake +100 ms"),
         &four,
@@ -428,6 +443,7 @@ const CONCLUSIONS: &[&str] =
 struct Fake {
     id: u64,
     attempt: u32,
+    repo_index: usize,
     repo: String,
     workflow: (u64, String),
     branch: &'static str,
@@ -448,6 +464,7 @@ fn fake(rng: &mut fastrand::Rng, index: u64) -> Fake {
     Fake {
         id: 10_000_000_000 + index,
         attempt: if rng.u8(0..20) == 0 { 2 } else { 1 },
+        repo_index,
         repo: format!("acme/service-{repo_index:02}"),
         workflow: (
             100_000 + repo_index as u64 * 10 + workflow_index,
@@ -490,10 +507,24 @@ fn gh_row(run: &Fake) -> serde_json::Value {
 
 /// `gh run list --json ...` output, one array per 1000 rows as a paginating script would write.
 fn gh_file(count: u64) -> Writer {
+    gh_file_of(count, |_| true)
+}
+
+/// The rows of `gh_file(count)` whose repository number leaves `quarter` divided by four: what
+/// one of four workers splitting the repositories reads.
+fn gh_quarter_file(count: u64, quarter: usize) -> Writer {
+    gh_file_of(count, move |run| run.repo_index % 4 == quarter)
+}
+
+fn gh_file_of(count: u64, keep: impl Fn(&Fake) -> bool + 'static) -> Writer {
     Box::new(move |out| {
         let mut rng = fastrand::Rng::with_seed(4);
         for start in (0..count).step_by(1000) {
-            let rows: Vec<_> = (start..(start + 1000).min(count)).map(|i| gh_row(&fake(&mut rng, i))).collect();
+            let rows: Vec<_> = (start..(start + 1000).min(count))
+                .map(|i| fake(&mut rng, i))
+                .filter(|run| keep(run))
+                .map(|run| gh_row(&run))
+                .collect();
             serde_json::to_writer(&mut *out, &rows).unwrap();
             out.write_all(b"\n").unwrap();
         }

@@ -67,6 +67,22 @@ async fn a_ledger_of_schema_1_is_migrated() {
     assert_eq!(version, PG_SCHEMA_VERSION);
     let index: Option<String> = client.query_one("SELECT to_regclass('claims_owner')::text", &[]).await.unwrap().get(0);
     assert_eq!(index, None, "schema 2 drops the index on claims' owners");
+    let collations: Vec<String> = client
+        .query(
+            "SELECT table_name || '.' || column_name || ' ' || coalesce(collation_name, 'default')
+             FROM information_schema.columns WHERE column_name IN ('run_key', 'scope') ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        collations,
+        ["cursors.scope C", "sent_metrics.run_key C", "skipped_runs.run_key C"],
+        "schema 3 compares keys byte by byte"
+    );
 }
 
 #[tokio::test]
