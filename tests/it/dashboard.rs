@@ -5,56 +5,11 @@
 
 use std::collections::BTreeSet;
 
-use workflow_metrics::metrics::{family, DISTRIBUTION_SUFFIX, TOTAL};
-use workflow_metrics::model::Entity;
-
-use crate::support::{shared, Env};
-
-/// Every metric name the tool can send under the default prefix, from the families' tables.
-fn metrics_in_code() -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    for entity in [Entity::WorkflowRun, Entity::Job, Entity::Step] {
-        let family = family(entity);
-        let prefix = family.metric_prefix("github.actions");
-        names.insert(format!("{prefix}{TOTAL}"));
-        for gauge in family.gauges {
-            names.insert(format!("{prefix}{}", gauge.name));
-            if gauge.distribution {
-                names.insert(format!("{prefix}{}{DISTRIBUTION_SUFFIX}", gauge.name));
-            }
-        }
-        for tally in family.tallies {
-            names.insert(format!("{prefix}{tally}"));
-        }
-    }
-    names
-}
+use crate::support::emitted::{dry_run_series, metrics_in_code};
 
 /// The tag keys of every series a dry run of the real payloads (runs, jobs, steps) logs.
 fn tag_keys_sent() -> BTreeSet<String> {
-    let env = Env::new();
-    let examples = shared("github/examples");
-    let inputs: Vec<String> = std::fs::read_dir(&examples)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
-        .map(|path| path.to_string_lossy().into_owned())
-        .collect();
-    assert!(inputs.len() >= 5, "the recorded payloads are missing from {}", examples.display());
-    let out = env
-        .command(["send", "--dry-run", "--historical", "--jobs", "--steps", "--distributions", "--log-detail", "full"])
-        .args(&inputs)
-        .run();
-    out.expect_code(0);
-    let log = env.logs().concat();
-    let keys: BTreeSet<String> = log
-        .lines()
-        .filter(|line| line.starts_with("series "))
-        .filter_map(|line| line.split(" tags=").nth(1))
-        .flat_map(|tags| tags.split(',').map(|tag| tag.split(':').next().unwrap_or(tag).to_owned()))
-        .collect();
-    assert!(keys.contains("step_name"), "the dry run sent no step series: {log}");
-    keys
+    dry_run_series().into_iter().flat_map(|series| series.tags.into_iter().map(|(key, _)| key)).collect()
 }
 
 /// A query's metric, the tag keys it filters on or groups by, and the template variables it uses.

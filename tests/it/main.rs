@@ -9,6 +9,7 @@ mod cost;
 mod dashboard;
 mod github;
 mod hostile;
+mod int128;
 mod ledger_ops;
 mod reliability;
 mod send;

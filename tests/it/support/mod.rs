@@ -1,5 +1,6 @@
 //! Test helpers: the stand-in intake, a builder that runs the real binary, and run fixtures.
 
+pub mod emitted;
 pub mod fixtures;
 pub mod github;
 pub mod intake;
