@@ -229,6 +229,8 @@ fn postgres_scenarios(intake: &Intake, dir: &Path, gh: &Path, cron: &Path, runs:
                     let copy = dir.join("ledger-pg-compare-cron.db");
                     fresh(&copy);
                     std::fs::copy(&sqlite, &copy).unwrap();
+                    // On disk before the pass, or its first commit's fsync writes the whole copy.
+                    std::fs::File::open(&copy).unwrap().sync_all().unwrap();
                     copy.to_str().unwrap().to_owned()
                 } else {
                     copy_of("wm_bench_cron", Some("wm_bench_one"))
