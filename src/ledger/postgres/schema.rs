@@ -2,6 +2,9 @@
 
 use std::time::{Duration, Instant};
 
+use tokio_postgres::error::SqlState;
+use tokio_postgres::SimpleQueryMessage;
+
 use super::{Conn, PgLedger};
 use crate::ledger::LedgerError;
 
@@ -63,14 +66,15 @@ impl PgLedger {
         let target = self.target.to_string();
         // Up to date (the usual case): no DDL, so a role with only the rights to read and write
         // the tables (a schema its DBA created) runs too.
+        // One round trip (the simple protocol: no statement to prepare); no table is a first use.
         let current = with_conn!(self, "reading the schema version", |conn| {
-            let exists: bool =
-                conn.client.query_one("SELECT to_regclass('workflow_metrics_schema') IS NOT NULL", &[]).await?.get(0);
-            if !exists {
-                return Ok(None);
+            match conn.client.simple_query("SELECT max(version) FROM workflow_metrics_schema").await {
+                Ok(messages) => {
+                    Ok(simple_values(&messages).into_iter().next().flatten().and_then(|version| version.parse().ok()))
+                }
+                Err(error) if error.code() == Some(&SqlState::UNDEFINED_TABLE) => Ok(None),
+                Err(error) => Err(error),
             }
-            let row = conn.client.query_one("SELECT max(version) FROM workflow_metrics_schema", &[]).await?;
-            Ok(row.get::<_, Option<i64>>(0))
         })?;
         if current == Some(PG_SCHEMA_VERSION) {
             return Ok(());
@@ -102,4 +106,17 @@ impl PgLedger {
         }
         Ok(())
     }
+}
+
+/// The values of the first row a simple query returned, in order (`None` for NULL).
+pub(super) fn simple_values(messages: &[SimpleQueryMessage]) -> Vec<Option<String>> {
+    messages
+        .iter()
+        .find_map(|message| match message {
+            SimpleQueryMessage::Row(row) => {
+                Some((0..row.len()).map(|index| row.get(index).map(str::to_owned)).collect())
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
 }

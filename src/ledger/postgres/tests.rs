@@ -110,3 +110,30 @@ async fn the_end_gives_back_every_claim_of_the_invocation_and_its_siblings() {
     a.release_all().await.unwrap();
     assert_eq!(b.claim(&[point(2, 1), point(2, 2)], 2_000).await.unwrap(), [true, true]);
 }
+
+#[tokio::test]
+async fn the_ledger_s_settings_ride_beside_the_url_s_own_options_and_opening_reads_its_state() {
+    let mut target = testing::fresh_database().await;
+    target.config.options("-c statement_timeout=12345");
+    let mut ledger = PgLedger::open(&target, Duration::from_secs(60)).await.unwrap();
+    assert!(ledger.empty_at_open && !ledger.may_have_skipped.load(Ordering::Relaxed), "a new ledger is empty");
+    let client = &ledger.conn.as_ref().expect("opening connected").client;
+    let row = client
+        .query_one(
+            "SELECT current_setting('statement_timeout'), current_setting('jit'), current_setting('enable_seqscan')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let settings: Vec<String> = (0..3).map(|index| row.get(index)).collect();
+    assert_eq!(settings, ["12345ms", "off", "off"]);
+    // What opening reads: whether anything was sent, and whether skipped_runs holds rows.
+    let item = SentItem { key: "k", point_key: 1, timestamp: 1, gauges: [None; 3], tallies: [0; 2] };
+    ledger.mark_sent(&[item], 1_000).await.unwrap();
+    let reopened = PgLedger::open(&target, Duration::from_secs(60)).await.unwrap();
+    assert!(!reopened.empty_at_open && !reopened.may_have_skipped.load(Ordering::Relaxed));
+    let old = crate::ledger::SkippedItem { key: "old", completed_at: 1 };
+    ledger.record_skipped(&[old], crate::ledger::SkipReason::TooOld, 1_000).await.unwrap();
+    let reopened = PgLedger::open(&target, Duration::from_secs(60)).await.unwrap();
+    assert!(reopened.may_have_skipped.load(Ordering::Relaxed));
+}

@@ -95,6 +95,16 @@ pub async fn send_from(
     mut sources: Vec<Box<dyn Source>>,
 ) -> Result<Summary, crate::Error> {
     let started = Instant::now();
+    // Stage 1 begins first when it can: sources that keep no cursors (files, standard input) are
+    // read on their own thread while the ledger opens, which for a database (connecting,
+    // authenticating) takes about as long as reading a cron pass's input.
+    let (sender, receiver) = mpsc::channel::<Message>(4);
+    let total_bytes = sources.iter().map(|source| source.size()).sum();
+    let mut progress = Progress::new(config.progress, total_bytes);
+    let early_reader = sources
+        .iter()
+        .all(|source| source.scope_prefix().is_none())
+        .then(|| source::spawn_reader(std::mem::take(&mut sources), progress.bytes_read.clone(), sender.clone()));
     // Stage 0: open the ledger (a dry run reads it and writes only to memory or its own record),
     // the client (none in a dry run), and listen for SIGINT/SIGTERM.
     let mut ledger = if config.dry_run {
@@ -168,11 +178,16 @@ pub async fn send_from(
         warned: 0,
     };
 
-    // Stage 1: read the sources on their own thread, in bounded chunks of validated items.
-    let (sender, receiver) = mpsc::channel::<Message>(4);
-    let total_bytes = sources.iter().map(|source| source.size()).sum();
-    let mut progress = Progress::new(config.progress, total_bytes);
-    let reader = source::spawn_reader(sources, progress.bytes_read.clone(), sender);
+    // Stage 1: read the sources on their own thread, in bounded chunks of validated items
+    // (already begun above unless a source resumes from the ledger's cursors).
+    let reader = match early_reader {
+        // The reader holds the only other sender: the input ends when it does.
+        Some(reader) => {
+            drop(sender);
+            reader
+        }
+        None => source::spawn_reader(sources, progress.bytes_read.clone(), sender),
+    };
     let requested = lookahead::Requested { jobs: config.jobs, steps: config.steps };
     let mut receiver = lookahead::spawn(lookahead, requested, INLINE_CHUNKS, receiver);
 
