@@ -36,7 +36,8 @@ mod tests;
 
 use connection::PgScopeLocks;
 use queries::{
-    copy_sent, distinct_points, granted_from, sent_from, sorted_claims, CLAIM, MARK, SENT_POINTS, STATES, STATES_SENT,
+    copy_sent, distinct_points, granted_from, sent_from, sorted_claims, CHECK_WRITES, CLAIM, MARK, SENT_POINTS, STATES,
+    STATES_SENT,
 };
 #[cfg(test)]
 pub(crate) use target::testing;
@@ -591,22 +592,8 @@ impl Ledger for PgLedger {
             self,
             "checking the permissions a send needs (insert, update, delete on the ledger's tables)",
             |conn| {
-                // Every kind of write a send makes, on every table, then rolled back.
                 let transaction = conn.client.transaction().await?;
-                transaction
-                .batch_execute(
-                    "INSERT INTO sent_metrics (run_key, point_key, completed_at, sent_at) VALUES ('workflow-metrics check', 0, 0, 0);
-                     DELETE FROM sent_metrics WHERE run_key = 'workflow-metrics check';
-                     INSERT INTO skipped_runs (run_key, reason, completed_at, recorded_at) VALUES ('workflow-metrics check', 'too_old', 0, 0)
-                         ON CONFLICT (run_key) DO UPDATE SET recorded_at = 0;
-                     DELETE FROM skipped_runs WHERE run_key = 'workflow-metrics check';
-                     INSERT INTO cursors (scope, cursor, saved_at) VALUES ('workflow-metrics check', '', 0)
-                         ON CONFLICT (scope) DO UPDATE SET saved_at = 0;
-                     INSERT INTO claims (completed_at, point_key, owner, expires_at) VALUES (0, 0, 'workflow-metrics check', 0)
-                         ON CONFLICT (completed_at, point_key) DO UPDATE SET expires_at = 0;
-                     DELETE FROM claims WHERE owner = 'workflow-metrics check';",
-                )
-                .await?;
+                transaction.batch_execute(CHECK_WRITES).await?;
                 transaction.rollback().await
             }
         )

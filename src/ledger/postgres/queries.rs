@@ -37,6 +37,19 @@ pub(super) const CLAIM: &str = "INSERT INTO claims (completed_at, point_key, own
          WHERE claims.owner = excluded.owner OR claims.expires_at < $5
          RETURNING completed_at, point_key";
 
+/// Every kind of write a send makes, on every table (`check`, then rolled back).
+pub(super) const CHECK_WRITES: &str =
+    "INSERT INTO sent_metrics (run_key, point_key, completed_at, sent_at) VALUES ('workflow-metrics check', 0, 0, 0);
+     DELETE FROM sent_metrics WHERE run_key = 'workflow-metrics check';
+     INSERT INTO skipped_runs (run_key, reason, completed_at, recorded_at) VALUES ('workflow-metrics check', 'too_old', 0, 0)
+         ON CONFLICT (run_key) DO UPDATE SET recorded_at = 0;
+     DELETE FROM skipped_runs WHERE run_key = 'workflow-metrics check';
+     INSERT INTO cursors (scope, cursor, saved_at) VALUES ('workflow-metrics check', '', 0)
+         ON CONFLICT (scope) DO UPDATE SET saved_at = 0;
+     INSERT INTO claims (completed_at, point_key, owner, expires_at) VALUES (0, 0, 'workflow-metrics check', 0)
+         ON CONFLICT (completed_at, point_key) DO UPDATE SET expires_at = 0;
+     DELETE FROM claims WHERE owner = 'workflow-metrics check';";
+
 impl PgLedger {
     pub(super) fn expires(&self, now_ms: i64) -> i64 {
         now_ms + i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 2)
