@@ -112,7 +112,7 @@ async fn the_end_gives_back_every_claim_of_the_invocation_and_its_siblings() {
 }
 
 #[tokio::test]
-async fn the_ledger_s_settings_ride_beside_the_url_s_own_options_and_opening_reads_its_state() {
+async fn the_ledger_s_settings_join_the_url_s_own_options_and_opening_reads_its_state() {
     let mut target = testing::fresh_database().await;
     target.config.options("-c statement_timeout=12345");
     let mut ledger = PgLedger::open(&target, Duration::from_secs(60)).await.unwrap();
